@@ -1,0 +1,14 @@
+#!/usr/bin/env bash
+# Create (or reuse) the project venv and install cm2 with the extras the tests need.
+# torch is pinned in the same pip call: a bare `torch` requirement resolves to a multi-GB CUDA build here.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+VENV="${CM2_VENV:-.venv}"
+if [ ! -x "$VENV/bin/python" ]; then
+  python3 -m venv "$VENV"
+  "$VENV/bin/pip" install -q --upgrade pip
+fi
+"$VENV/bin/pip" install -q torch==2.13.0 -e ".[dev,bfcl,lora]"
+# bfcl-eval without its dependency tree (sentence-transformers would pull CUDA torch); the `bfcl` extra above
+# installed the minimal set its multi-turn checker and handler loop need.
+"$VENV/bin/pip" install -q --no-deps bfcl-eval==2026.3.23
