@@ -11,7 +11,7 @@ bookkeeping"): the exact prompt and generated token ids and the sampling logprob
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Protocol, runtime_checkable
+from typing import Any, Mapping, Protocol, runtime_checkable
 
 
 @dataclass
@@ -37,6 +37,16 @@ class AgentStep:
 class Agent(Protocol):
     """A policy. ``act`` is a coroutine so that many episodes can share one event loop."""
 
-    async def act(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]]) -> AgentStep:
-        """Return the next action given the visible history ``messages`` and the available ``tools``."""
+    async def act(
+        self,
+        messages: list[dict[str, Any]],
+        tools: list[dict[str, Any]],
+        context: Mapping[str, Any] | None = None,
+    ) -> AgentStep:
+        """Return the next action given the visible history ``messages`` and the available ``tools``.
+
+        ``context`` is optional side information from the caller (the environment passes its ``info``:
+        ``dialogue_id``, ``turn``, ``action``); agents that do not need it ignore it, and callers that have
+        none (benchmarks) omit it.
+        """
         ...

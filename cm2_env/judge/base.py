@@ -1,0 +1,63 @@
+"""The checklist-judge contract.
+
+A judge decides, after an agent action, which of the current turn's checklist items the transcript prefix
+satisfies. The environment only asks about items that can still change (satisfaction is sticky) and keeps the
+verdict history; the judge is stateless across requests except for caches. ``judge`` never raises on backend
+failure: an item whose verdict could not be obtained gets ``passed=None`` and an ``error``; the environment
+then marks the episode failed (the trainer excludes it).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Literal, Protocol, Sequence, runtime_checkable
+
+from cm2_env.data.models import ChecklistItem, Dialogue
+
+
+@dataclass(frozen=True)
+class JudgeRequest:
+    """What a judge sees for one (action, items) question.
+
+    dialogue: the reference dialogue (tools, evidence context).
+    turn: 0-based turn index; action: 1-based index of the agent action in the turn just taken.
+    items: the items to decide (not yet satisfied ones).
+    history: OpenAI messages before the current turn (system prompt and earlier turns, as the agent saw them).
+    current: the current turn's messages up to and including the action and its tool responses (user first).
+    """
+
+    dialogue: Dialogue
+    turn: int
+    action: int
+    items: Sequence[ChecklistItem]
+    history: Sequence[dict[str, Any]]
+    current: Sequence[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Verdict:
+    """The decision on one item: ``passed`` True/False, or None with ``error`` when it could not be decided.
+
+    source: which judge decided ("rule" or "llm"); agreement: share of votes agreeing with the majority when
+    the judge voted several times (1.0 for a single vote); details: short analysis fields, if any.
+    """
+
+    item_id: str
+    passed: bool | None
+    source: Literal["rule", "llm"] = "rule"
+    error: str | None = None
+    agreement: float = 1.0
+    details: dict[str, Any] = field(default_factory=dict)
+
+
+@runtime_checkable
+class ChecklistJudge(Protocol):
+    """Decides checklist items on transcript prefixes."""
+
+    async def judge(self, request: JudgeRequest) -> dict[str, Verdict]:
+        """One verdict per requested item id."""
+        ...
+
+    def usage(self) -> dict[str, Any]:
+        """Accounting: requests, LLM calls, tokens, errors (no timings in what the env exposes)."""
+        ...
