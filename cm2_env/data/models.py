@@ -167,19 +167,7 @@ class Dialogue(_Record):
     @model_validator(mode="before")
     @classmethod
     def _normalise_input(cls, data: Any) -> Any:
-        if not isinstance(data, dict):
-            return data
-        data = dict(data)
-        if "id" not in data and "uuid" in data:
-            data["id"] = data.pop("uuid")
-        if "checklists" not in data and "checklist" in data:
-            data["checklists"] = data.pop("checklist")
-        checklists = data.get("checklists")
-        if checklists is not None and _looks_like_single_variant(checklists):
-            data["checklists"] = [checklists]
-        if isinstance(data.get("id"), int):
-            data["id"] = str(data["id"])
-        return data
+        return normalise_record(data) if isinstance(data, dict) else data
 
     @property
     def tool_names(self) -> list[str]:
@@ -198,6 +186,22 @@ class Dialogue(_Record):
     def to_record(self) -> dict[str, Any]:
         """The canonical JSON record (aliases, no ``None`` fields, ``arguments`` as strings)."""
         return self.model_dump(mode="json", by_alias=True, exclude_none=True)
+
+
+def normalise_record(data: dict[str, Any]) -> dict[str, Any]:
+    """The input aliases of the format resolved (a shallow copy): ``uuid`` -> ``id``, ``checklist`` ->
+    ``checklists``, a single variant wrapped into the list of variants, an integer id as a string."""
+    data = dict(data)
+    if "id" not in data and "uuid" in data:
+        data["id"] = data.pop("uuid")
+    if "checklists" not in data and "checklist" in data:
+        data["checklists"] = data.pop("checklist")
+    checklists = data.get("checklists")
+    if checklists is not None and _looks_like_single_variant(checklists):
+        data["checklists"] = [checklists]
+    if isinstance(data.get("id"), int):
+        data["id"] = str(data["id"])
+    return data
 
 
 def _looks_like_single_variant(checklists: Any) -> bool:
