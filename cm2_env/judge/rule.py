@@ -1,0 +1,457 @@
+"""RuleJudge: a deterministic, offline, APPROXIMATE checklist judge for machines without an LLM.
+
+Contract: ``await RuleJudge().judge(request)`` returns one :class:`Verdict` per requested item, computed from the
+item's structure and evidence alone - no model, no network, the same answer for the same input. It is an
+approximation of what a careful LLM judge decides, not a replacement: it cannot read intent or paraphrase, so it
+errs on wording-heavy items. Measure it with ``cm2 judge eval --judge rule`` before trusting it as a reward.
+Every verdict carries ``details = {"rule": ..., "confidence": 0..1, "why": ...}``; :class:`HybridJudge` asks the
+LLM only where the confidence is low.
+
+The rules, by the item's focus:
+
+- ``assistant.tool_calls``: the evidence points at reference calls; the item passes when the current turn has a
+  call to the same tool whose arguments agree with the evidence's argument values (the arguments the snippet
+  shows, less optional ones the question and pass condition do not mention).
+- ``tool.content``: the evidence's tool result key values (identifiers: only their presence) appear in an
+  error-free response of the same tool in the current turn; distinct reference responses need distinct matches.
+- ``assistant.content.user_visible_reply`` / ``thinking``: the key values (dates, times, numbers, e-mails,
+  identifiers) the item asks for appear in the text; without key values, the question's content words must.
+  A reply item whose prerequisite tool results (``dependence``) are missing fails: it confirms what did not
+  happen.
+- "avoid X / refrain from X" items are decided when the turn has its final reply (until then they are not yet
+  satisfied): a tool-call item fails when a call to a tool the item names (or describes) is not a reference call
+  of the turn and, for items about invented values, uses values found nowhere in the conversation; a reply item
+  fails when the reply states facts found nowhere in the conversation, or claims an action without a
+  successful call.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from functools import cached_property
+from typing import Any, Sequence
+
+from cm2_env.data.models import ChecklistItem, Dialogue
+from cm2_env.data.turns import render_tool_calls, split_think, split_turns
+from cm2_env.judge.base import JudgeRequest, Verdict
+from cm2_env.judge.values import facts, leaf_pairs, parse_fragment, values_agree, words
+
+_NEGATIVE = re.compile(r"\b(avoid|avoided|refrain|refrained|hold off|abstain)\b", re.IGNORECASE)
+_INVENTED = re.compile(r"\b(guess|guessed|invent|invented|made-up|made up|not (?:yet )?(?:provided|given|specified|"
+                       r"supplied|chosen|identified|approved)|never provided|never gave)\b", re.IGNORECASE)
+_CLAIM = re.compile(r"\b(claim|claiming|already)\b", re.IGNORECASE)
+_ID_KEY = re.compile(r"(^|_)(id|token)s?$", re.IGNORECASE)
+_STOP = set("""a an the did does do was were is are has have had assistant reply user users agent tool tools their
+they them it its this that these those of to for in on at by with from and or as be been being any all about
+into than then there what which who whom whose when where how if so such also only both either each other
+ask asked tell told say said state stated mention mentioned confirm confirmed report reported provide provided
+give gave given let inform informed whether""".split())
+
+
+#: stems too common in checklist questions to show that a reply addresses the item
+_GENERIC = {"assis", "reply", "user", "confi", "wheth", "state", "menti", "corre"}
+
+
+@dataclass(frozen=True)
+class Decision:
+    passed: bool
+    confidence: float
+    rule: str
+    why: str = ""
+
+
+class TurnView:
+    """What the transcript prefix of the current turn shows, in the forms the rules compare."""
+
+    def __init__(self, request: JudgeRequest) -> None:
+        self.request = request
+        self.dialogue: Dialogue = request.dialogue
+        self.messages = [m for m in request.current[1:] if isinstance(m, dict)]
+        turns = split_turns(self.dialogue.messages)
+        self.reference = turns[request.turn] if request.turn < len(turns) else None
+
+    @cached_property
+    def calls(self) -> list[tuple[str, Any]]:
+        out = []
+        for message in self.messages:
+            for call in message.get("tool_calls") or []:
+                function = call.get("function", {}) if isinstance(call, dict) else {}
+                arguments = function.get("arguments", "{}")
+                if isinstance(arguments, str):
+                    try:
+                        arguments = json.loads(arguments) if arguments.strip() else {}
+                    except ValueError:
+                        pass
+                out.append((str(function.get("name", "")), arguments))
+        return out
+
+    @cached_property
+    def tool_results(self) -> list[tuple[str, Any, bool]]:
+        """(tool name, parsed content or raw text, ok) per tool response; ok = no exception/error reported."""
+        names = {}
+        for message in self.messages:
+            for call in message.get("tool_calls") or []:
+                if isinstance(call, dict):
+                    names[call.get("id")] = call.get("function", {}).get("name", "")
+        out = []
+        for message in self.messages:
+            if message.get("role") != "tool":
+                continue
+            text = message.get("content") or ""
+            try:
+                parsed: Any = json.loads(text)
+            except ValueError:
+                parsed = text
+            ok = not (isinstance(parsed, dict) and (parsed.get("exception") or parsed.get("error")))
+            out.append((message.get("name") or names.get(message.get("tool_call_id"), ""), parsed, ok))
+        return out
+
+    def texts(self, focus: str) -> list[str]:
+        index = 0 if focus == "assistant.content.thinking" else 1
+        return [split_think(m.get("content") or "")[index] for m in self.messages if m.get("role") == "assistant"]
+
+    @cached_property
+    def final(self) -> bool:
+        """The turn has its final reply: the last assistant message has no tool calls."""
+        assistants = [m for m in self.messages if m.get("role") == "assistant"]
+        return bool(assistants) and not assistants[-1].get("tool_calls")
+
+    @cached_property
+    def grounded_facts(self) -> set[str]:
+        """Facts the conversation makes available: system/user/tool texts, earlier turns, this turn's calls."""
+        texts = []
+        for message in [*self.request.history, *self.request.current[:1]]:
+            texts.append(split_think(message.get("content") or "")[1] if message.get("role") == "assistant"
+                         else message.get("content") or "")
+        texts += [m.get("content") or "" for m in self.messages if m.get("role") == "tool"]
+        texts.append(render_tool_calls([c for m in self.messages for c in m.get("tool_calls") or []]))
+        return set().union(*(facts(t) for t in texts)) if texts else set()
+
+    @cached_property
+    def reference_calls(self) -> list[tuple[str, Any]]:
+        if self.reference is None:
+            return []
+        return [(c.function.name, c.function.parsed_arguments()) for a in self.reference.actions
+                for c in a.assistant.calls]
+
+    def reference_message(self, turn: int, step: int) -> Any:
+        turns = split_turns(self.dialogue.messages)
+        if turn < len(turns) and step < len(turns[turn].messages):
+            return turns[turn].messages[step]
+        return None
+
+
+class RuleJudge:
+    """Deterministic, offline, approximate judge (see the module docstring). Never raises."""
+
+    name = "rule"
+
+    def __init__(self) -> None:
+        self._counts = {"requests": 0, "items": 0, "llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
+                        "errors": 0}
+
+    async def judge(self, request: JudgeRequest) -> dict[str, Verdict]:
+        return self.judge_sync(request)
+
+    def judge_sync(self, request: JudgeRequest) -> dict[str, Verdict]:
+        self._counts["requests"] += 1
+        view = TurnView(request)
+        out = {}
+        for item in request.items:
+            self._counts["items"] += 1
+            try:
+                decision = decide(item, view, _turn_items(request, item))
+            except Exception as exc:  # a rule bug must not crash an episode; say so instead
+                self._counts["errors"] += 1
+                out[item.id] = Verdict(item.id, None, "rule", error=f"rule judge failed: {exc!r}")
+                continue
+            out[item.id] = Verdict(item.id, decision.passed, "rule", details={
+                "rule": decision.rule, "confidence": decision.confidence, "why": decision.why})
+        return out
+
+    def usage(self) -> dict[str, Any]:
+        return dict(self._counts)
+
+
+def _turn_items(request: JudgeRequest, item: ChecklistItem) -> list[ChecklistItem]:
+    """The items of the checklist variant the requested item belongs to (for its dependencies)."""
+    for variant in request.dialogue.checklists:
+        if request.turn < len(variant) and any(other == item for other in variant[request.turn]):
+            return list(variant[request.turn])
+    return list(request.items)
+
+
+def is_avoid_item(item: ChecklistItem) -> bool:
+    """An "avoid X / refrain from X" item: satisfied by the absence of something, so decidable at turn end."""
+    return bool(_NEGATIVE.search(item.question))
+
+
+def decide(item: ChecklistItem, view: TurnView, turn_items: Sequence[ChecklistItem] = ()) -> Decision:
+    """The rule verdict on one item for the transcript prefix in ``view``."""
+    if is_avoid_item(item):
+        if not view.final:
+            return Decision(False, 0.9, "avoid:pending", "avoid-items are decided when the turn has its reply")
+        if item.focus_on == "assistant.tool_calls":
+            return _avoid_calls(item, view)
+        return _avoid_statements(item, view)
+    if item.focus_on == "assistant.tool_calls":
+        return _tool_call_item(item, view)
+    if item.focus_on == "tool.content":
+        return _tool_result_item(item, view)
+    decision = _text_item(item, view)
+    if decision.passed:
+        by_id = {other.id: other for other in turn_items}
+        for dep in item.dependence:
+            other = by_id.get(dep)
+            if other is not None and not _tool_result_item(other, view).passed:
+                return Decision(False, 0.7, "text:dependency", f"prerequisite {dep} is not met")
+    return decision
+
+
+# -- tool calls --------------------------------------------------------------------------------------------
+
+
+def _evidence_calls(item: ChecklistItem, view: TurnView) -> list[tuple[str, dict[str, Any]]]:
+    """(tool, key arguments) required by the item, from the reference calls its tool-call evidence points at.
+
+    Key arguments are those the snippet shows and the question or pass condition talks about (by key name or
+    value); when it talks about none of them, the tool's required ones.
+    """
+    asked = f"{item.question} {item.pass_condition}"
+    wanted = []
+    for evidence in item.evidence:
+        if evidence.from_ != "assistant.tool_calls":
+            continue
+        message = view.reference_message(evidence.turn, evidence.step)
+        for call in getattr(message, "calls", []) or []:
+            line = render_tool_calls([call])
+            arguments = call.function.parsed_arguments()
+            if not isinstance(arguments, dict):
+                continue
+            in_snippet = evidence.snippet in line or line in evidence.snippet
+            shown = {k: v for k, v in arguments.items() if f'"{k}"' in evidence.snippet}
+            if not shown and not in_snippet:
+                continue
+            if in_snippet and (f"{call.function.name}(" in evidence.snippet or not shown):
+                shown = dict(arguments)
+            key_args = {k: v for k, v in shown.items() if _mentions_key(k, asked) or _mentions_value(v, asked)}
+            if not key_args:
+                tool = view.dialogue.tool(call.function.name)
+                required = set((tool.function.parameters.get("required") or []) if tool else shown)
+                key_args = {k: v for k, v in shown.items() if k in required}
+            wanted.append((call.function.name, key_args))
+    return wanted
+
+
+def _mentions_key(key: str, text: str) -> bool:
+    return bool(re.search(rf"\b{re.escape(key)}\b", text)) or (
+        "_" in key and key.replace("_", " ").lower() in text.lower())
+
+
+def _content_words(text: str) -> set[str]:
+    return {w[:5] for w in words(text) if w not in _STOP and len(w) > 2}
+
+
+def _mentions_value(value: Any, text: str) -> bool:
+    if isinstance(value, list):
+        return any(_mentions_value(v, text) for v in value)
+    if isinstance(value, (dict, bool)) or value is None:
+        return False
+    shown = str(value)
+    if facts(shown) & facts(text):
+        return True
+    return len(shown) >= 2 and (shown.lower() in text.lower() or bool(_content_words(shown) & _content_words(text)))
+
+
+def _agrees_as_asked(expected: Any, actual: Any, asked: str) -> bool:
+    """``values_agree``, narrowed to what the item asks about: the asked dates/times of a date-time, the asked
+    words of free text, the asked elements of a list (extra elements are allowed)."""
+    if values_agree(expected, actual):
+        return True
+    if isinstance(expected, list):
+        mentioned = [e for e in expected if _mentions_value(e, asked)] or expected
+        actual_list = actual if isinstance(actual, list) else [actual]
+        if re.search(r"\b(exactly|only)\b", asked, re.IGNORECASE) and len(actual_list) != len(mentioned):
+            return False
+        return all(any(_agrees_as_asked(e, a, asked) for a in actual_list) for e in mentioned)
+    if not isinstance(expected, str) or not isinstance(actual, str):
+        return False
+    expected_facts = facts(expected)
+    if expected_facts:
+        needed = (expected_facts & facts(asked)) or expected_facts
+        got = facts(actual)
+        return all(f in got or (f[0] == "T" and _time_variant_present(f, got)) for f in needed)
+    if len(words(expected)) < 3:
+        return False  # a name, password or title: only an equal value agrees (values_agree above)
+    needed_words = (_content_words(expected) & _content_words(asked)) or _content_words(expected)
+    got_words = _content_words(actual)
+    return bool(needed_words) and len(needed_words & got_words) >= 0.6 * len(needed_words)
+
+
+def _call_agrees(call: tuple[str, Any], name: str, key_args: dict[str, Any], asked: str = "") -> bool:
+    called, arguments = call
+    if called != name or not isinstance(arguments, dict):
+        return False
+    return all(k in arguments and _agrees_as_asked(v, arguments[k], asked) for k, v in key_args.items())
+
+
+def _tool_call_item(item: ChecklistItem, view: TurnView) -> Decision:
+    wanted = _evidence_calls(item, view)
+    if wanted:
+        asked = f"{item.question} {item.pass_condition}"
+        missing = [(n, a) for n, a in wanted if not any(_call_agrees(c, n, a, asked) for c in view.calls)]
+        if not missing:
+            return Decision(True, 0.9, "calls:evidence", "a call agrees with every evidence call")
+        name, arguments = missing[0]
+        return Decision(False, 0.85, "calls:evidence", f"no {name} call with {json.dumps(arguments)[:120]}")
+    named = _named_tools(item, view)
+    if named:
+        hit = any(name in named for name, _ in view.calls)
+        return Decision(hit, 0.5, "calls:named", f"calls to {sorted(named)}: {hit}")
+    return Decision(bool(view.calls), 0.2, "calls:any", "no usable evidence; any call counts")
+
+
+def _named_tools(item: ChecklistItem, view: TurnView) -> set[str]:
+    """Tools the item names, or describes by their words ("creating a calendar event" -> CreateEvent)."""
+    text = " ".join([item.question, item.pass_condition, *item.failure_examples])
+    named = {name for name in view.dialogue.tool_names if re.search(rf"\b{re.escape(name)}\b", text)}
+    if named:
+        return named
+    stems = {w[:5] for w in words(item.question)}
+    for name in view.dialogue.tool_names:
+        parts = [p.lower() for p in re.findall(r"[A-Z][a-z]*|[a-z]+", name)]
+        if parts and parts[0][:5] in stems and all(p[:5] in stems for p in parts[1:] if len(p) > 3):
+            named.add(name)
+    return named
+
+
+def _avoid_calls(item: ChecklistItem, view: TurnView) -> Decision:
+    targeted = _named_tools(item, view)
+    about_invented = bool(_INVENTED.search(item.question + " " + item.pass_condition))
+    for name, arguments in view.calls:
+        if targeted and name not in targeted:
+            continue
+        if any(ref == name and isinstance(args, dict) and _call_agrees((name, arguments), ref, args)
+               for ref, args in view.reference_calls):
+            continue
+        if not targeted and not about_invented:
+            continue  # no named target: only a call with invented values can be the avoided action
+        if about_invented and _grounded_call(arguments, view):
+            continue
+        return Decision(False, 0.6 if targeted else 0.4, "avoid:calls", f"{name} call not licensed by the reference")
+    return Decision(True, 0.6 if targeted else 0.4, "avoid:calls", "no avoided call")
+
+
+def _grounded_call(arguments: Any, view: TurnView) -> bool:
+    """Every checkable value of the call appears somewhere the user or a tool said it."""
+    values = [v for _, v in leaf_pairs(arguments) if isinstance(v, (str, int, float)) and not isinstance(v, bool)]
+    context = " ".join(str(m.get("content") or "").lower()
+                       for m in [*view.request.history, *view.request.current[:1], *view.messages]
+                       if m.get("role") in ("user", "tool", "system"))
+    for value in values:
+        shown = str(value).strip().lower()
+        if shown and shown not in context and not (facts(shown) and facts(shown) <= view.grounded_facts):
+            return False
+    return True
+
+
+# -- tool results ------------------------------------------------------------------------------------------
+
+
+def _tool_result_item(item: ChecklistItem, view: TurnView) -> Decision:
+    expectations = []  # (reference position, tool name, pairs)
+    for evidence in item.evidence:
+        if evidence.from_ != "tool.content":
+            continue
+        message = view.reference_message(evidence.turn, evidence.step)
+        name = getattr(message, "name", None) or ""
+        fragment = parse_fragment(evidence.snippet)
+        pairs = [(k, v) for k, v in leaf_pairs(fragment) if k not in ("exception", "error")] if fragment else []
+        expectations.append(((evidence.turn, evidence.step), name, pairs))
+    if not expectations:
+        named = _named_tools(item, view)
+        hit = any(ok and (not named or name in named) for name, _, ok in view.tool_results)
+        return Decision(hit, 0.3, "results:named", "no tool-result evidence; an error-free result counts")
+    used: dict[tuple[int, int], int] = {}
+    taken: set[int] = set()
+    for position, name, pairs in expectations:
+        if position in used:
+            if not _result_matches(view.tool_results[used[position]], name, pairs):
+                return Decision(False, 0.8, "results:evidence", f"{name} result lacks {pairs[:3]}")
+            continue
+        match = next((i for i, result in enumerate(view.tool_results)
+                      if i not in taken and _result_matches(result, name, pairs)), None)
+        if match is None:
+            return Decision(False, 0.85, "results:evidence", f"no error-free {name} result with {pairs[:3]}")
+        used[position] = match
+        taken.add(match)
+    return Decision(True, 0.9, "results:evidence", "every evidence result is matched")
+
+
+def _result_matches(result: tuple[str, Any, bool], name: str, pairs: list[tuple[str, Any]]) -> bool:
+    called, content, ok = result
+    if not ok or (name and called and called != name):
+        return False
+    found = list(leaf_pairs(content)) if not isinstance(content, str) else []
+    for key, value in pairs:
+        if _ID_KEY.search(key):
+            if not any(k == key for k, _ in found):
+                return False
+        elif not any(k == key and values_agree(value, v) for k, v in found):
+            if not (isinstance(content, str) and str(value) in content):
+                return False
+    return True
+
+
+# -- replies and thinking -----------------------------------------------------------------------------------
+
+
+def _text_item(item: ChecklistItem, view: TurnView) -> Decision:
+    texts = [t for t in view.texts(item.focus_on) if t]
+    if not texts:
+        return Decision(False, 0.8, "text:empty", "no text yet")
+    said = " ".join(texts)
+    said_facts = facts(said)
+    asked = facts(f"{item.question} {item.pass_condition}")
+    snippets = " ".join(e.snippet for e in item.evidence if e.from_ == item.focus_on)
+    # the values the reference text stated and the item asks about; values the pass condition merely allows
+    # ("optionally restating September 28") are not required when the reference did not state them either
+    shown = facts(snippets) if snippets else asked
+    key = (shown & asked) or shown
+    key = {f for f in key if not f.startswith("N") or f[1:] not in {"0", "1", "2023"}} or key
+    if key:
+        present = {f for f in key if f in said_facts or (f[0] == "T" and _time_variant_present(f, said_facts))}
+        share = len(present) / len(key)
+        return Decision(share >= 0.99 or (share >= 0.75 and len(key) >= 4), 0.7, "text:values",
+                        f"{len(present)}/{len(key)} key values present")
+    said_stems = _content_words(said)
+    shares = [len(wanted & said_stems) / len(wanted)
+              for wanted in (_content_words(item.question) - _GENERIC, _content_words(snippets) - _GENERIC)
+              if wanted]
+    share = max(shares, default=0.0)
+    asks = item.question.lower().startswith(("did the assistant ask", "did the reply ask"))
+    passed = share >= 0.4 and (not asks or "?" in said)
+    return Decision(passed, 0.4, "text:words", f"{share:.0%} of the item's words present")
+
+
+def _time_variant_present(token: str, said: set[str]) -> bool:
+    hour, minute = int(token[1:3]), token[4:6]
+    return f"T{(hour + 12) % 24:02d}:{minute}" in said
+
+
+def _avoid_statements(item: ChecklistItem, view: TurnView) -> Decision:
+    said = " ".join(t for t in view.texts(item.focus_on) if t)
+    ungrounded = {f for f in facts(said) - view.grounded_facts
+                  if not (f[0] == "T" and _time_variant_present(f, view.grounded_facts))}
+    ungrounded = {f for f in ungrounded if not (f[0] == "N" and len(f) <= 2)}  # small counts ("2 emails")
+    if ungrounded:
+        return Decision(False, 0.6, "avoid:facts", f"facts not in the conversation: {sorted(ungrounded)[:5]}")
+    if _CLAIM.search(item.question):
+        targeted = _named_tools(item, view)
+        done = any(ok and (not targeted or name in targeted) for name, _, ok in view.tool_results)
+        if not done and re.search(r"\b(scheduled|created|booked|added|set up|sent|deleted|updated|registered|"
+                                  r"changed|reset|is set|has been|have been|done)\b", said, re.IGNORECASE):
+            return Decision(False, 0.5, "avoid:claim", "claims an action without a successful call")
+    return Decision(True, 0.5, "avoid:facts", "every stated fact appears in the conversation")

@@ -1,0 +1,44 @@
+"""Tool simulators: answer the agent's tool calls during an episode (CM2_SPEC.md, "Hybrid tool simulator").
+
+``make_simulator(spec, **options)`` builds one from a spec:
+
+- ``"replay"``: replay of recorded calls + schema validation, no LLM (a valid call without a recorded response
+  gets the deterministic ``no_simulator`` error);
+- ``"openai:URL#model"`` (any ``cm2_env.llm`` spec): the same with an LLM fallback;
+- a :class:`ToolSimulator` object: returned as is.
+
+Options: ``fewshot="prefix"|"all"``, ``lenient=False``, ``sampling={...}``, ``attempts=2``,
+``max_example_chars=2000``, ``llm_options={...}`` (passed to ``cm2_env.llm.make_client``), ``client=`` (an
+existing ChatClient instead of a spec).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from cm2_env.simulator.base import INVALID_CALL_SOURCES, SimulatorEpisode, ToolResult, ToolSimulator
+from cm2_env.simulator.hybrid import HybridEpisode, HybridToolSimulator, RecordedCall, recorded_calls
+
+__all__ = [
+    "INVALID_CALL_SOURCES", "SimulatorEpisode", "ToolResult", "ToolSimulator",
+    "HybridEpisode", "HybridToolSimulator", "RecordedCall", "recorded_calls", "make_simulator",
+]
+
+
+def make_simulator(spec: Any = "replay", **options: Any) -> ToolSimulator:
+    """A simulator from a spec string or object (see the module docstring)."""
+    if spec is None:
+        spec = "replay"
+    if not isinstance(spec, str):
+        if isinstance(spec, ToolSimulator):
+            return spec
+        raise TypeError(f"simulator spec must be a string or a ToolSimulator, got {type(spec).__name__}")
+    llm_options = dict(options.pop("llm_options", None) or {})
+    client = options.pop("client", None)
+    if spec.strip() == "replay":
+        return HybridToolSimulator(client, **options)
+    if client is None:
+        from cm2_env.llm import make_client
+
+        client = make_client(spec, role="simulator", **llm_options)
+    return HybridToolSimulator(client, **options)

@@ -1,0 +1,281 @@
+"""The hybrid tool simulator (CM2_SPEC.md, "Hybrid tool simulator").
+
+Contract: :class:`HybridToolSimulator` opens one :class:`HybridEpisode` per episode. ``await
+episode.execute(name, arguments, turn=t)`` answers one call, in this order:
+
+1. **replay** - (name, canonical JSON of the arguments) equals a recorded call of the reference dialogue: the
+   recorded response. With ``lenient=True`` numbers equal numeric strings and surrounding whitespace is ignored.
+2. **unknown_tool** - the dialogue has no tool of that name: an error response listing the available tools.
+3. **schema_error** - the arguments violate the tool's JSON schema: an error response saying what is wrong.
+4. **llm** - an LLM (``client``) simulates the tool from few-shot examples: the dialogue's recorded calls of the
+   turns up to ``turn`` (``fewshot="prefix"``, default: no future leakage) or of all turns (``fewshot="all"``,
+   as released), plus the calls this episode already simulated. The model answers
+   ``{"analysis": ..., "execution_result": ...}``; the tool response is ``execution_result``. A simulated
+   response is cached per episode, so the same call gets the same answer.
+   Without a client the call gets the deterministic **no_simulator** error. If the model still fails after its
+   attempts (transport errors after the client's retries, or no parsable result) the source is **failed**.
+
+``execute`` never raises. Error responses are JSON objects ``{"error": "..."}``; whether an invalid call ends the
+episode (released behaviour, policy ``terminate``) or is answered and the episode goes on is the environment's
+``invalid_call_policy`` (the sources in ``INVALID_CALL_SOURCES`` are the invalid ones).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+from collections import Counter
+from dataclasses import dataclass
+from functools import lru_cache
+from importlib import resources
+from string import Template
+from typing import Any, Literal
+
+from cm2_env.data.models import Dialogue
+from cm2_env.data.turns import split_turns
+from cm2_env.simulator.base import ToolResult
+from cm2_env.simulator.schema import canonical_arguments, schema_problems
+
+FewShot = Literal["prefix", "all"]
+
+NO_SIMULATOR_MESSAGE = (
+    "no recorded response exists for this call and no tool simulator is configured "
+    "(only calls identical to the reference dialogue's calls can be answered)"
+)
+#: The released sampling settings of the simulator LLM.
+DEFAULT_SAMPLING: dict[str, Any] = {"temperature": 0.6, "top_p": 0.8}
+
+
+@lru_cache(maxsize=None)
+def prompt_template(name: str) -> Template:
+    """A prompt file of this package (``prompts/NAME.txt``) as a ``string.Template`` (``$field`` placeholders)."""
+    text = (resources.files("cm2_env.simulator") / "prompts" / f"{name}.txt").read_text(encoding="utf-8")
+    return Template(text)
+
+
+@dataclass(frozen=True)
+class RecordedCall:
+    """One call of the reference dialogue and its recorded response; ``order`` is its position in the dialogue."""
+
+    turn: int
+    order: int
+    name: str
+    arguments: Any
+    response: str
+
+
+def recorded_calls(dialogue: Dialogue) -> list[RecordedCall]:
+    """Every (call, response) pair of the reference, in dialogue order. Responses pair with calls by
+    ``tool_call_id`` and fall back to position, so data without ids still pairs up."""
+    calls: list[RecordedCall] = []
+    for turn in split_turns(dialogue.messages):
+        for action in turn.actions:
+            responses = list(action.tool_responses)
+            by_id = {r.tool_call_id: r for r in responses if getattr(r, "tool_call_id", None)}
+            for position, call in enumerate(action.assistant.calls):
+                response = by_id.get(call.id) if call.id else None
+                if response is None and position < len(responses):
+                    response = responses[position]
+                if response is None:
+                    continue
+                arguments = call.function.parsed_arguments()
+                calls.append(RecordedCall(turn.index, len(calls), call.function.name,
+                                          call.function.arguments if arguments is None else arguments,
+                                          response.text))
+    return calls
+
+
+def error_content(message: str) -> str:
+    return json.dumps({"error": message}, ensure_ascii=False)
+
+
+class HybridToolSimulator:
+    """Replay + schema validation + optional LLM fallback. Holds the (shared) LLM client; see the module docstring.
+
+    client: a ``cm2_env.llm.ChatClient`` or None (replay only). fewshot: "prefix" (default) or "all".
+    lenient: lenient replay matching. sampling: chat options for the LLM (default: released temperature 0.6,
+    top_p 0.8). attempts: LLM answers tried per call when the answer has no parsable result (released: 1).
+    max_example_chars: recorded responses longer than this are cut in the few-shot prompt.
+    """
+
+    def __init__(self, client: Any = None, *, fewshot: FewShot = "prefix", lenient: bool = False,
+                 sampling: dict[str, Any] | None = None, attempts: int = 2, max_example_chars: int = 2000) -> None:
+        if fewshot not in ("prefix", "all"):
+            raise ValueError(f"fewshot must be 'prefix' or 'all', got {fewshot!r}")
+        self.client = client
+        self.fewshot: FewShot = fewshot
+        self.lenient = lenient
+        self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
+        self.attempts = max(1, int(attempts))
+        self.max_example_chars = max_example_chars
+
+    def start_episode(self, dialogue: Dialogue) -> "HybridEpisode":
+        return HybridEpisode(self, dialogue)
+
+
+class HybridEpisode:
+    """Per-episode state: the recorded calls, which of them were replayed, the LLM cache and usage counters."""
+
+    def __init__(self, simulator: HybridToolSimulator, dialogue: Dialogue) -> None:
+        self.simulator = simulator
+        self.dialogue = dialogue
+        self.recorded = recorded_calls(dialogue)
+        self._by_key: dict[tuple[str, str], list[RecordedCall]] = {}
+        for call in self.recorded:
+            self._by_key.setdefault(self._key(call.name, call.arguments), []).append(call)
+        self._replayed: set[int] = set()
+        self._cache: dict[tuple[str, str], asyncio.Future[ToolResult]] = {}
+        self._simulated: list[tuple[str, Any, str]] = []  # this episode's LLM answers, few-shot examples later
+        self._counts: Counter[str] = Counter()
+
+    def _key(self, name: str, arguments: Any) -> tuple[str, str]:
+        return name, canonical_arguments(arguments, lenient=self.simulator.lenient)
+
+    # -- the contract ----------------------------------------------------------------------------------------
+
+    async def execute(self, name: str, arguments: Any, *, turn: int) -> ToolResult:
+        result = await self._execute(name, arguments, turn)
+        self._counts[result.source] += 1
+        return result
+
+    def usage(self) -> dict[str, int]:
+        """Calls per source, cache hits, LLM calls and tokens of this episode."""
+        keys = ("replay", "llm", "schema_error", "unknown_tool", "no_simulator", "failed",
+                "cache_hits", "llm_calls", "prompt_tokens", "completion_tokens")
+        return {key: int(self._counts.get(key, 0)) for key in keys}
+
+    # -- the steps -------------------------------------------------------------------------------------------
+
+    async def _execute(self, name: str, arguments: Any, turn: int) -> ToolResult:
+        name = name if isinstance(name, str) else str(name)
+        recorded = self._replay(name, arguments, turn)
+        if recorded is not None:
+            return ToolResult(recorded.response, "replay")
+        tool = self.dialogue.tool(name)
+        if tool is None:
+            available = ", ".join(self.dialogue.tool_names) or "none"
+            return ToolResult(error_content(f"unknown tool {name!r}; available tools: {available}"),
+                              "unknown_tool", "unknown_tool")
+        problems = schema_problems(arguments, tool.function.parameters)
+        if problems:
+            return ToolResult(error_content(f"invalid arguments for {name}: " + "; ".join(problems)),
+                              "schema_error", "schema_error")
+        if self.simulator.client is None:
+            return ToolResult(error_content(NO_SIMULATOR_MESSAGE), "no_simulator", "no_simulator")
+        return await self._simulate_cached(name, arguments, turn)
+
+    def _replay(self, name: str, arguments: Any, turn: int) -> RecordedCall | None:
+        """The recorded call to replay, if any. When the same call was recorded several times (state changed in
+        between), unused ones are taken in order: the current turn's first, then earlier turns (latest first),
+        then later ones; once all were used, the most recent one repeats."""
+        matches = self._by_key.get(self._key(name, arguments))
+        if not matches:
+            return None
+        unused = [m for m in matches if m.order not in self._replayed]
+        ranked = sorted(unused, key=lambda m: (m.turn != turn, m.turn > turn, -m.turn if m.turn < turn else m.turn,
+                                               m.order))
+        chosen = ranked[0] if ranked else max(matches, key=lambda m: m.order)
+        self._replayed.add(chosen.order)
+        return chosen
+
+    async def _simulate_cached(self, name: str, arguments: Any, turn: int) -> ToolResult:
+        key = self._key(name, arguments)
+        future = self._cache.get(key)
+        if future is not None:
+            self._counts["cache_hits"] += 1
+            return await asyncio.shield(future)
+        future = asyncio.get_running_loop().create_future()
+        self._cache[key] = future
+        try:
+            result = await self._simulate(name, arguments, turn)
+        except asyncio.CancelledError:  # waiters see the cancellation; the next identical call starts afresh
+            self._cache.pop(key, None)
+            future.cancel()
+            raise
+        except Exception as exc:  # execute never raises: an unexpected client error is a failed result
+            result = ToolResult(error_content(f"tool simulator failed: {type(exc).__name__}: {exc}"),
+                                "failed", "simulator_failed")
+        if result.source != "llm":
+            self._cache.pop(key, None)  # a failure is not an answer: the next identical call tries again
+        else:
+            self._simulated.append((name, arguments, result.content))
+        future.set_result(result)
+        return result
+
+    async def _simulate(self, name: str, arguments: Any, turn: int) -> ToolResult:
+        from cm2_env.llm import LLMError, extract_json  # the LLM layer is only needed on this path
+
+        messages = self.prompt(name, arguments, turn)
+        reason = "no parsable execution_result"
+        for _ in range(self.simulator.attempts):
+            try:
+                reply = await self.simulator.client.chat(messages, **self.simulator.sampling)
+            except LLMError as exc:
+                reason = f"simulator LLM call failed: {exc}"
+                break
+            self._counts["llm_calls"] += 1
+            usage = getattr(reply, "usage", None) or {}
+            self._counts["prompt_tokens"] += int(usage.get("prompt_tokens", 0) or 0)
+            self._counts["completion_tokens"] += int(usage.get("completion_tokens", 0) or 0)
+            result = execution_result(extract_json(reply.text or ""))
+            if result is not None:
+                return ToolResult(json.dumps(result, ensure_ascii=False), "llm")
+        return ToolResult(error_content(f"tool simulator failed: {reason}"), "failed", "simulator_failed")
+
+    # -- the prompt ------------------------------------------------------------------------------------------
+
+    def fewshot_examples(self, turn: int) -> list[tuple[str, Any, str]]:
+        """(name, arguments, response) examples for a call made in ``turn``: recorded calls of turns <= turn
+        (``fewshot="prefix"``) or of every turn (``"all"``), then this episode's simulated calls."""
+        recorded = [c for c in self.recorded if self.simulator.fewshot == "all" or c.turn <= turn]
+        return [(c.name, c.arguments, c.response) for c in recorded] + list(self._simulated)
+
+    def prompt(self, name: str, arguments: Any, turn: int) -> list[dict[str, str]]:
+        """The chat messages asking the LLM to execute ``name(arguments)``."""
+        limit = self.simulator.max_example_chars
+        example = prompt_template("example")
+        shown = [
+            example.substitute(index=i, name=n, arguments=_dumps(a), result=_cut(r, limit))
+            for i, (n, a, r) in enumerate(self.fewshot_examples(turn), start=1)
+        ]
+        tool = self.dialogue.tool(name)
+        function = tool.function if tool is not None else None
+        user = prompt_template("user").substitute(
+            examples="\n".join(shown) if shown else "(no examples recorded yet)",
+            name=name,
+            description=function.description if function else "",
+            schema=_dumps(function.parameters if function else {}),
+            arguments=_dumps(arguments),
+        )
+        return [{"role": "system", "content": prompt_template("system").template.strip()},
+                {"role": "user", "content": user}]
+
+
+def execution_result(parsed: Any) -> Any:
+    """The tool response inside a parsed simulator answer, or None.
+
+    Tolerant: ``{"execution_result": X}`` gives X (an object or array; a scalar is wrapped as ``{"result": X}``);
+    an object without that key but with other keys than ``analysis`` is taken as the result itself.
+    """
+    if not isinstance(parsed, dict):
+        return parsed if isinstance(parsed, list) else None
+    if "execution_result" in parsed:
+        value = parsed["execution_result"]
+        if isinstance(value, str):  # some models put the JSON result in a string
+            try:
+                value = json.loads(value)
+            except ValueError:
+                pass
+        if value is None:
+            return None
+        return value if isinstance(value, (dict, list)) else {"result": value}
+    rest = {k: v for k, v in parsed.items() if k != "analysis"}
+    return rest or None
+
+
+def _dumps(value: Any) -> str:
+    return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
+
+
+def _cut(text: str, limit: int) -> str:
+    return text if len(text) <= limit else text[:limit] + " ...(truncated)"
