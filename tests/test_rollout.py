@@ -1,0 +1,72 @@
+"""The rollout engine and `cm2 rollout`: groups of concurrent episodes, run directories, summaries."""
+
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from agents import ReplayAgent
+from agents.rollout import run_rollouts, summarize
+from cm2_env.cli import main as cm2
+from cm2_env.data import load_dialogues
+
+
+@pytest.fixture(scope="module")
+def tooltalk():
+    return load_dialogues("tooltalk")
+
+
+def test_groups_run_every_dialogue_g_times_in_order_and_write_a_run_directory(tooltalk, tmp_path):
+    dialogues = tooltalk[:4]
+    results = run_rollouts(dialogues, ReplayAgent(dialogues), group_size=3, out_dir=tmp_path, progress=False)
+    assert [(r.dialogue_id, r.group_index) for r in results] == [(d.id, g) for d in dialogues for g in range(3)]
+    for result in results:
+        assert not result.failed
+        assert abs(result.R - result.reward_record["R"]) < 1e-9
+        assert len(result.steps) == len(result.rewards)
+    # Replay simulator + rule judge + replay agent are deterministic: a group's members agree.
+    for d in range(4):
+        assert len({round(r.R, 12) for r in results[3 * d: 3 * d + 3]}) == 1
+    lines = (tmp_path / "trajectories.jsonl").read_text().splitlines()
+    assert len(lines) == 12
+    first = json.loads(lines[0])
+    assert first["dialogue_id"] == dialogues[0].id and first["actions"] and first["messages"]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["episodes"] == 12 and summary["failed"] == 0
+
+
+def test_the_summary_counts_items_by_focus_and_early_terminations(tooltalk):
+    results = run_rollouts(tooltalk, ReplayAgent(tooltalk), progress=False)
+    summary = summarize(results, tooltalk)
+    assert summary["episodes"] == 78
+    judged = sum(row["judged"] for row in summary["items_passed_by_focus"].values())
+    reached_items = sum(len(tooltalk_by_id[r.dialogue_id].checklist()[t])
+                        for tooltalk_by_id in [{d.id: d for d in tooltalk}]
+                        for r in results for t in range(r.turns_reached))
+    assert judged == reached_items
+    assert summary["ended_early"] == sum(r.ended_early for r in results)
+    assert 0.5 < summary["mean_reward"] <= 1.0
+
+
+def test_rollout_cli_prints_a_table_and_a_json_last_line(tmp_path):
+    result = CliRunner().invoke(cm2, ["rollout", "--agent", "replay", "--limit", "3", "--group-size", "2",
+                                      "--out", str(tmp_path / "run"), "--json"])
+    assert result.exit_code == 0, result.output
+    last = json.loads(result.output.strip().splitlines()[-1])
+    assert last["episodes"] == 6 and 0 <= last["mean_reward"] <= 1
+    assert "mean reward" in result.output
+    assert (tmp_path / "run" / "trajectories.jsonl").exists()
+
+
+def test_endpoint_agent_episodes_complete_against_a_scripted_server(tooltalk):
+    from agents import EndpointAgent
+    from tests.support.scripted_server import ScriptedServer
+
+    with ScriptedServer(lambda request: "All done.", latency_s=0.2) as server:
+        agent = EndpointAgent(server.spec, temperature=0.0)
+        results = run_rollouts(tooltalk[:8], agent, group_size=2, progress=False)
+        requests = len(server.requests)
+    assert len(results) == 16 and not any(r.failed for r in results)
+    # A final reply that satisfies nothing ends each episode after its first turn (strictness): one request each.
+    assert requests == 16
+    assert all(r.steps[0].text == "All done." for r in results)
