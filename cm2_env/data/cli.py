@@ -5,6 +5,8 @@
 - ``cm2 data filter IN OUT [--criteria a,b] [--require-think] [--report FILE]``: the rule-based filters; writes
   the kept records (unchanged) as JSONL and a JSON report (default ``OUT.report.json``).
 - ``cm2 data stats PATH|NAME [--json]``: dataset statistics as a table (or JSON).
+- ``cm2 data annotate | llm-filter | compress-cot IN OUT --llm SPEC``: the LLM steps (:mod:`cm2_env.annotate.cli`),
+  imported only when invoked.
 
 Imports stay light (click, rich, pydantic, jsonschema): no torch.
 """
@@ -24,7 +26,26 @@ from cm2_env.data.stats import dataset_stats
 from cm2_env.data.validate import validate_file
 
 
-@click.group(help="Validate, filter and describe dialogue datasets.")
+class _DataGroup(click.Group):
+    """The ``data`` group; the LLM-backed sub-commands are imported only when used (the rule-based ones and
+    ``cm2 data validate`` never import the LLM layer)."""
+
+    LAZY = {"annotate": "cm2_env.annotate.cli:annotate", "llm-filter": "cm2_env.annotate.cli:llm_filter",
+            "compress-cot": "cm2_env.annotate.cli:compress_cot"}
+
+    def list_commands(self, ctx: click.Context) -> list[str]:
+        return sorted([*super().list_commands(ctx), *self.LAZY])
+
+    def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+        if cmd_name in self.LAZY:
+            import importlib
+
+            module_name, attr = self.LAZY[cmd_name].split(":")
+            return getattr(importlib.import_module(module_name), attr)
+        return super().get_command(ctx, cmd_name)
+
+
+@click.group(cls=_DataGroup, help="Validate, filter and describe dialogue datasets.")
 def data() -> None:
     pass
 
