@@ -39,7 +39,7 @@ def eval_command(judge_spec: str, calibration_path: str | None, dialogues: str, 
     vote agreement, LLM calls and tokens."""
     from cm2_env.data.io import DatasetError, load_dialogues
     from cm2_env.judge import make_judge
-    from cm2_env.judge.calibration import evaluate, load_calibration
+    from cm2_env.judge.calibration import load_calibration
 
     try:
         cases = load_calibration(calibration_path)
