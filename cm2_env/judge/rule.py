@@ -41,6 +41,9 @@ from cm2_env.judge.values import facts, leaf_pairs, parse_fragment, values_agree
 _NEGATIVE = re.compile(r"\b(avoid|avoided|refrain|refrained|hold off|abstain)\b", re.IGNORECASE)
 _INVENTED = re.compile(r"\b(guess|guessed|invent|invented|made-up|made up|not (?:yet )?(?:provided|given|specified|"
                        r"supplied|chosen|identified|approved)|never provided|never gave)\b", re.IGNORECASE)
+#: a reply that requests something: a question, or a request phrased as a statement ("I need your password")
+_REQUEST = re.compile(r"\?|\b(?:need|needs|require|requires|please (?:enter|provide|give|send|tell|share|confirm|"
+                      r"choose|specify)|let me know)\b", re.IGNORECASE)
 _CLAIM = re.compile(r"\b(claim|claiming|already)\b", re.IGNORECASE)
 _ID_KEY = re.compile(r"(^|_)(id|token)s?$", re.IGNORECASE)
 _STOP = set("""a an the did does do was were is are has have had assistant reply user users agent tool tools their
@@ -287,31 +290,36 @@ def _tool_result_item(item: ChecklistItem, view: TurnView) -> Decision:
         message = view.reference_message(evidence.turn, evidence.step)
         name = getattr(message, "name", None) or ""
         fragment = parse_fragment(evidence.snippet)
-        pairs = [(k, v) for k, v in leaf_pairs(fragment) if k not in ("exception", "error")] if fragment else []
-        expectations.append(((evidence.turn, evidence.step), name, pairs))
+        leaves = list(leaf_pairs(fragment)) if fragment else []
+        pairs = [(k, v) for k, v in leaves if k not in ("exception", "error")]
+        # Evidence that quotes an error (e.g. a failed login the user asked to try) expects an error response.
+        expects_error = any(k in ("exception", "error") and v not in (None, "", False) for k, v in leaves)
+        expectations.append(((evidence.turn, evidence.step), name, pairs, expects_error))
     if not expectations:
         named = _named_tools(item, view)
         hit = any(ok and (not named or name in named) for name, _, ok in view.tool_results)
         return Decision(hit, 0.3, "results:named", "no tool-result evidence; an error-free result counts")
     used: dict[tuple[int, int], int] = {}
     taken: set[int] = set()
-    for position, name, pairs in expectations:
+    for position, name, pairs, expects_error in expectations:
         if position in used:
-            if not _result_matches(view.tool_results[used[position]], name, pairs):
+            if not _result_matches(view.tool_results[used[position]], name, pairs, expects_error):
                 return Decision(False, 0.8, "results:evidence", f"{name} result lacks {pairs[:3]}")
             continue
         match = next((i for i, result in enumerate(view.tool_results)
-                      if i not in taken and _result_matches(result, name, pairs)), None)
+                      if i not in taken and _result_matches(result, name, pairs, expects_error)), None)
         if match is None:
-            return Decision(False, 0.85, "results:evidence", f"no error-free {name} result with {pairs[:3]}")
+            kind = "error" if expects_error else "error-free"
+            return Decision(False, 0.85, "results:evidence", f"no {kind} {name} result with {pairs[:3]}")
         used[position] = match
         taken.add(match)
     return Decision(True, 0.9, "results:evidence", "every evidence result is matched")
 
 
-def _result_matches(result: tuple[str, Any, bool], name: str, pairs: list[tuple[str, Any]]) -> bool:
+def _result_matches(result: tuple[str, Any, bool], name: str, pairs: list[tuple[str, Any]],
+                    expects_error: bool = False) -> bool:
     called, content, ok = result
-    if not ok or (name and called and called != name):
+    if ok == expects_error or (name and called and called != name):
         return False
     found = list(leaf_pairs(content)) if not isinstance(content, str) else []
     for key, value in pairs:
@@ -351,7 +359,7 @@ def _text_item(item: ChecklistItem, view: TurnView) -> Decision:
               if wanted]
     share = max(shares, default=0.0)
     asks = item.question.lower().startswith(("did the assistant ask", "did the reply ask"))
-    passed = share >= 0.4 and (not asks or "?" in said)
+    passed = share >= 0.4 and (not asks or bool(_REQUEST.search(said)))
     return Decision(passed, 0.4, "text:words", f"{share:.0%} of the item's words present")
 
 
