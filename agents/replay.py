@@ -10,8 +10,8 @@ from __future__ import annotations
 from typing import Any, Iterable, Mapping
 
 from agents.base import AgentStep
-from cm2_env.data import Dialogue, dialogue_turns, split_think
-from cm2_env.toolcalls import render_hermes
+from cm2_env.data import Dialogue, dialogue_turns
+from cm2_env.toolcalls import render_message_hermes
 
 
 class ReplayAgent:
@@ -37,11 +37,6 @@ class ReplayAgent:
         turn = turns[min(int(context.get("turn", 0)), len(turns) - 1)]
         taken = int(context.get("action", 0))
         reference = turn.actions[min(taken, len(turn.actions) - 1)].assistant
-        thinking, reply = split_think(reference.text)
-        calls = [
-            {"name": call.function.name, "arguments": call.function.arguments, "id": call.id}
-            for call in reference.calls
-        ]
-        text = render_hermes(calls, content=reply, thinking=thinking)
+        text = render_message_hermes(reference)
         message = reference.model_dump(mode="json", exclude_none=True)
         return AgentStep(text=text, message=message)

@@ -302,6 +302,18 @@ def render_hermes(calls: Iterable[CallLike], content: str = "", thinking: str = 
     return text
 
 
+def render_message_hermes(message: Any) -> str:
+    """The Hermes text of a recorded assistant message (a :class:`~cm2_env.data.models.Message` or an OpenAI
+    message dict): its reasoning, reply and calls as :func:`render_hermes` writes them. This is how reference
+    actions are replayed as policy output."""
+    if hasattr(message, "model_dump"):
+        message = message.model_dump(mode="json", exclude_none=True)
+    thinking, reply = split_think(message.get("content") or "")
+    calls = [{"name": call["function"]["name"], "arguments": call["function"].get("arguments", "{}"),
+              "id": call.get("id")} for call in message.get("tool_calls") or []]
+    return render_hermes(calls, content=reply, thinking=thinking)
+
+
 def render_openai(calls: Iterable[CallLike]) -> list[dict[str, Any]]:
     """OpenAI ``tool_calls``: ``{"id", "type": "function", "function": {"name", "arguments": JSON string}}``.
 

@@ -23,20 +23,13 @@ from typing import Any, Callable, Sequence
 import gymnasium as gym
 import numpy as np
 
-from cm2_env.data import Dialogue, dialogue_turns, split_think
-from cm2_env.toolcalls import render_hermes
+from cm2_env.data import Dialogue, dialogue_turns
+from cm2_env.toolcalls import render_message_hermes
 
 #: A proposer: (info, K, rng) -> exactly K action strings.
 Proposer = Callable[[dict[str, Any], int, np.random.Generator], list[str]]
 
 _WORD = re.compile(r"\w+")
-
-
-def reference_action_text(action: Any) -> str:
-    """The Hermes text of a reference assistant message (as the ReplayAgent plays it)."""
-    thinking, reply = split_think(action.assistant.text)
-    calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in action.assistant.calls]
-    return render_hermes(calls, content=reply, thinking=thinking)
 
 
 class ReferenceCandidates:
@@ -46,7 +39,7 @@ class ReferenceCandidates:
 
     def __init__(self, dialogues: Sequence[Dialogue]):
         self._actions: dict[str, list[list[str]]] = {
-            d.id: [[reference_action_text(a) for a in turn.actions] for turn in dialogue_turns(d)] for d in dialogues
+            d.id: [[render_message_hermes(a.assistant) for a in turn.actions] for turn in dialogue_turns(d)] for d in dialogues
         }
 
     def __call__(self, info: dict[str, Any], k: int, rng: np.random.Generator) -> list[str]:
