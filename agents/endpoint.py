@@ -34,7 +34,7 @@ class EndpointAgent:
         context: Mapping[str, Any] | None = None,
     ) -> AgentStep:
         result = await self.client.chat(
-            messages, tools=(tools or None) if self.native_tools else None, **self.sampling
+            openai_conformant(messages), tools=(tools or None) if self.native_tools else None, **self.sampling
         )
         parsed = parse(result.text, tool_calls=result.tool_calls or None)
         if parsed.errors:
@@ -43,3 +43,19 @@ class EndpointAgent:
         else:
             text = render_hermes(parsed.calls, content=parsed.content, thinking=parsed.thinking)
         return AgentStep(text=text, message=to_assistant_message(parsed), usage=dict(result.usage or {}))
+
+
+def openai_conformant(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """``messages`` with every tool message that answers no call of the preceding assistant message (the env's
+    answers to malformed ``<tool_call>`` text) turned into a user message: strict OpenAI-compatible servers reject
+    orphan tool messages, and the policy still reads what was wrong."""
+    out: list[dict[str, Any]] = []
+    call_ids: set[str] = set()
+    for message in messages:
+        role = message.get("role")
+        if role == "assistant":
+            call_ids = {call.get("id") for call in message.get("tool_calls") or []}
+        elif role == "tool" and message.get("tool_call_id") not in call_ids:
+            message = {"role": "user", "content": f"[tool error] {message.get('content') or ''}"}
+        out.append(message)
+    return out

@@ -1,5 +1,6 @@
 """The rollout engine and `cm2 rollout`: groups of concurrent episodes, run directories, summaries."""
 
+import asyncio
 import json
 
 import pytest
@@ -70,3 +71,21 @@ def test_endpoint_agent_episodes_complete_against_a_scripted_server(tooltalk):
     # A final reply that satisfies nothing ends each episode after its first turn (strictness): one request each.
     assert requests == 16
     assert all(r.steps[0].text == "All done." for r in results)
+
+
+def test_endpoint_agent_sends_answers_to_malformed_calls_as_user_messages(tooltalk):
+    from agents import EndpointAgent
+    from cm2_env.env import CM2ToolUseEnv
+    from tests.support.scripted_server import ScriptedServer
+
+    with ScriptedServer(lambda request: "Sorry.") as server:
+        env = CM2ToolUseEnv(dataset=tooltalk[:1])
+        _, info = env.reset(options={"dialogue_id": tooltalk[0].id})
+        _, _, _, _, info = env.step("<tool_call>{not json</tool_call>")
+        assert info["messages"][-1]["role"] == "tool"  # the env answers the malformed call
+        agent = EndpointAgent(server.spec)
+        asyncio.run(agent.act(info["messages"], info["tools"], context=info))
+        sent = server.requests[-1]["messages"]
+    assert all(m["role"] != "tool" for m in sent)
+    assert sent[-1]["role"] == "user" and sent[-1]["content"].startswith("[tool error]")
+    assert len(sent) == len(info["messages"])
