@@ -4,4 +4,4 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/install.sh
 VENV="${CM2_VENV:-.venv}"
-exec "$VENV/bin/cm2" data stats tooltalk "$@"
+exec "$VENV/bin/cm2" train --preset tiny-cpu "$@"

@@ -1,0 +1,24 @@
+"""Very small local models for training tests: built in a second or two, no download.
+
+``micro_model_dir(path)`` writes a tokenizer (byte-level BPE on a slice of the bundled dialogues, the project's
+chat template) and a 2-layer Qwen3 model with hidden size 64 to ``path`` and returns it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from train.tiny_model import TinyShape, build_model, build_tokenizer, corpus_texts
+
+MICRO = TinyShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                  num_key_value_heads=1, head_dim=32, max_position_embeddings=4096, vocab_size=2048)
+
+
+def micro_model_dir(path: str | Path, seed: int = 0, shape: TinyShape = MICRO) -> Path:
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    tokenizer = build_tokenizer(corpus_texts(), vocab_size=shape.vocab_size)
+    model = build_model(tokenizer, shape, seed=seed)
+    tokenizer.save_pretrained(path)
+    model.save_pretrained(path, safe_serialization=True)
+    return path

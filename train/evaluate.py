@@ -1,0 +1,42 @@
+"""Measure a policy's mean checklist reward on dialogues (before/after training).
+
+Contract of :func:`measure_reward`: run ``samples`` episodes per dialogue in CM2ToolUse-v0 with the config's
+environment settings (simulator, judge, limits, L normaliser) and a :class:`agents.TransformersAgent` that
+decodes greedily (``temperature == 0``) or samples with a fixed seed; return the mean trajectory reward R over
+the episodes that did not fail, with the items-passed rates by focus and the failure count. The same model,
+dialogues, settings and seed give the same number.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+from train.config import TrainConfig
+
+
+def measure_reward(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: TrainConfig, *, seed: int = 0,
+                   samples: int | None = None, temperature: float | None = None) -> dict[str, Any]:
+    """Mean checklist reward of ``model`` on ``dialogues`` (see the module docstring)."""
+    from agents.rollout import summarize
+    from train.grpo import collect_rollouts
+
+    samples = samples or config.eval_samples
+    temperature = config.eval_temperature if temperature is None else temperature
+    episodes = collect_rollouts(model, tokenizer, dialogues, config, seed=seed, group_size=samples,
+                                temperature=temperature, max_turns=config.eval_max_turns or None)
+    summary = summarize(episodes, dialogues)
+    per_dialogue: dict[str, list[float]] = {}
+    for episode in episodes:
+        if not episode.failed:
+            per_dialogue.setdefault(episode.dialogue_id, []).append(episode.R)
+    return {
+        "mean_reward": summary["mean_reward"] if summary["mean_reward"] is not None else 0.0,
+        "episodes": summary["episodes"],
+        "failed": summary["failed"],
+        "ended_early": summary["ended_early"],
+        "items_passed": {k: v["rate"] for k, v in summary["items_passed_by_focus"].items()},
+        "per_dialogue": {k: sum(v) / len(v) for k, v in per_dialogue.items()},
+        "actions": sum(len(e.steps) for e in episodes),
+        "greedy": temperature == 0,
+        "seed": seed,
+    }

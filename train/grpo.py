@@ -1,0 +1,405 @@
+"""GRPO with checklist rewards (CM2, arXiv 2602.12268), in one file you can read top to bottom.
+
+config -> rollout -> advantages -> loss -> update -> log, repeated ``config.steps`` times:
+
+1. **config**: :class:`train.config.TrainConfig` (YAML); the policy is a local transformers model.
+2. **rollout**: for ``prompts_per_step`` dialogues, ``group_size`` episodes each run concurrently in
+   CM2ToolUse-v0 (simulator + judge) with :class:`agents.TransformersAgent`, which batches generation across the
+   episodes and records every action's prompt ids, completion ids and sampling logprobs.
+3. **advantages**: :func:`cm2_env.reward.score_group` turns each group's verdict histories into trajectory
+   (Eq. 5), turn (Eq. 7) or step (Eq. 10) advantages; :func:`cm2_env.reward.advantages_per_action` lays them on
+   the episode's actions. Failed episodes (simulator/judge errors) are excluded from the group and from the
+   loss, and counted.
+4. **loss**: every action's sampled ids become training tokens as they are (:mod:`train.sequences`, no
+   re-tokenisation); only completion tokens carry loss: PPO-clip token mean + ``kl_coef`` * k3 KL to the frozen
+   reference (:mod:`train.losses`).
+5. **update**: ``ppo_epochs`` passes over the batch, each split into ``ppo_mini_batches`` optimizer steps, each
+   accumulated over micro-batches of at most ``micro_batch_tokens`` tokens, under bf16 autocast where enabled.
+6. **log**: one JSONL record per step (:mod:`train.metrics`), a checkpoint every ``checkpoint_interval`` steps
+   (:mod:`train.checkpoint`, exact resume), a progress bar, a reward-curve PNG at the end.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+from train.config import TrainConfig
+from train.losses import grpo_loss
+from train.policy import (ReferencePolicy, add_lora, autocast, eos_token_id, load_model, load_tokenizer,
+                          make_optimizer, make_scheduler, model_device, pad_token_id, selected_logprobs, use_bf16)
+from train.sequences import TokenSequence, collate, episode_sequences, micro_batches
+
+# ---------------------------------------------------------------------------------------------------------
+# 1. config: which dialogues a step uses (a seeded, epoch-wise shuffle; resumable from a position)
+# ---------------------------------------------------------------------------------------------------------
+
+
+def select_dialogues(dialogues: Sequence[Any], config: TrainConfig) -> list[Any]:
+    """The training dialogues: those named in ``dialogue_ids`` (in that order) or all, cut to ``max_dialogues``."""
+    if config.dialogue_ids:
+        by_id = {d.id: d for d in dialogues}
+        missing = [i for i in config.dialogue_ids if i not in by_id]
+        if missing:
+            raise ValueError(f"dialogue_ids: {missing[:5]} not in dataset {config.dataset!r}. Fix: use ids from "
+                             "`cm2 data stats` or leave dialogue_ids empty")
+        dialogues = [by_id[i] for i in config.dialogue_ids]
+    dialogues = [d for d in dialogues if d.checklist()]
+    if config.max_dialogues:
+        dialogues = dialogues[: config.max_dialogues]
+    if not dialogues:
+        raise ValueError(f"no dialogues with checklists to train on in {config.dataset!r}")
+    return list(dialogues)
+
+
+def dialogues_at(position: int, count: int, n: int, seed: int) -> list[int]:
+    """Indices of the ``count`` dialogues starting at ``position`` of the run's data order (epoch e = a shuffle
+    of range(n) seeded by (seed, e)); a pure function, so a resumed run continues the same order."""
+    out = []
+    for k in range(position, position + count):
+        epoch, offset = divmod(k, n)
+        order = list(range(n))
+        random.Random(seed * 1_000_003 + epoch).shuffle(order)
+        out.append(order[offset])
+    return out
+
+
+def step_seed(seed: int, step: int) -> int:
+    """The sampling seed of a step: rollouts depend on (weights, step), not on the history of the RNG."""
+    return (seed * 1_000_003 + step * 7_919) % (2**31 - 1)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 2. rollout
+# ---------------------------------------------------------------------------------------------------------
+
+
+def env_kwargs(config: TrainConfig, max_turns: int | None = None) -> dict[str, Any]:
+    return {
+        "simulator": config.simulator,
+        "judge": config.judge,
+        "normaliser": config.normaliser,
+        "max_turns": max_turns or config.max_turns,
+        "max_actions_per_turn": config.max_actions_per_turn,
+        "invalid_call_policy": config.invalid_call_policy,
+    }
+
+
+def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: TrainConfig, *, seed: int,
+                     group_size: int, temperature: float, max_turns: int | None = None) -> list[Any]:
+    """``group_size`` episodes per dialogue, generation batched across all concurrent episodes."""
+    from agents import TransformersAgent
+    from agents.rollout import run_rollouts
+
+    agent = TransformersAgent(model, tokenizer, max_new_tokens=config.max_new_tokens, temperature=temperature,
+                              top_p=config.top_p, max_batch_size=config.max_batch_size, seed=seed)
+    concurrency = config.rollout_concurrency or len(dialogues) * group_size
+    return run_rollouts(dialogues, agent, group_size=group_size, env_kwargs=env_kwargs(config, max_turns),
+                        concurrency=concurrency, progress=False, seed=seed)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 3. advantages
+# ---------------------------------------------------------------------------------------------------------
+
+
+def action_advantages(episodes: Sequence[Any], dialogues: Sequence[Any], config: TrainConfig) -> list[list[float] | None]:
+    """Per episode, one advantage per action at ``config.advantage_level`` (None for a failed episode).
+
+    Episodes are grouped by dialogue id; each group is scored with :func:`cm2_env.reward.score_group`.
+    """
+    from cm2_env.reward import advantages_per_action, score_group
+
+    by_id = {d.id: d for d in dialogues}
+    groups: dict[str, list[int]] = {}
+    for i, episode in enumerate(episodes):
+        groups.setdefault(episode.dialogue_id, []).append(i)
+    out: list[list[float] | None] = [None] * len(episodes)
+    for dialogue_id, members in groups.items():
+        records = [episodes[i].reward_record or {"failed": True, "turns": []} for i in members]
+        records = [dict(r, failed=bool(r.get("failed")) or episodes[i].failed) for i, r in zip(members, records)]
+        scores = score_group(by_id[dialogue_id].checklist(), records, L=config.normaliser, f_norm=config.f_norm)
+        for i, record, score in zip(members, records, scores.rollouts):
+            if score.failed:
+                continue
+            level = {"trajectory": score.adv_traj, "turn": score.adv_turn, "step": score.adv_step}[config.advantage_level]
+            counts = [int(turn["steps"]) for turn in record["turns"]]
+            per_action = advantages_per_action(counts, level, config.advantage_level)
+            if per_action is not None and len(per_action) != len(episodes[i].steps):
+                raise ValueError(f"episode {dialogue_id}#{episodes[i].group_index}: the reward record counts "
+                                 f"{len(per_action)} actions but the agent took {len(episodes[i].steps)}")
+            out[i] = per_action
+    return out
+
+
+def training_sequences(episodes: Sequence[Any], advantages: Sequence[list[float] | None],
+                       skip_zero_advantage: bool, eos_id: int | None = None) -> list[TokenSequence]:
+    """The sampled token ids of every live episode, with its per-action advantages on its completion tokens.
+
+    With ``eos_id`` given, completions that did not end with it (cut by ``max_new_tokens``) carry no loss
+    ("overlong filtering", as in DAPO): an unfinished action is neither reinforced nor penalised.
+    """
+    sequences = []
+    for episode, per_action in zip(episodes, advantages):
+        if per_action is None or not episode.steps:
+            continue
+        if skip_zero_advantage and not any(per_action):
+            continue
+        finished = None if eos_id is None else [bool(s.completion_ids) and s.completion_ids[-1] == eos_id
+                                                for s in episode.steps]
+        sequences.extend(episode_sequences(episode.steps, per_action, finished))
+    return [s for s in sequences if s.n_loss_tokens > 0]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 4. loss inputs that need a forward pass: reference logprobs (KL) and, optionally, recomputed old logprobs
+# ---------------------------------------------------------------------------------------------------------
+
+
+@torch.no_grad()
+def fill_logprobs(model: Any, sequences: Sequence[TokenSequence], attribute: str, config: TrainConfig,
+                  pad_id: int, bf16: bool) -> None:
+    """Set ``sequence.<attribute>`` (a list aligned with input_ids) to ``model``'s logprobs on loss tokens."""
+    device = model_device(model)
+    for indices in micro_batches([len(s) for s in sequences], config.micro_batch_tokens):
+        chunk = [sequences[i] for i in indices]
+        batch = collate(chunk, pad_id)
+        with autocast(bf16, device):
+            logprobs, _ = selected_logprobs(model, batch, config.temperature)
+        values = iter(logprobs.float().cpu().tolist())
+        for s in chunk:
+            # collate shifts by one: loss token j of the sequence is predicted at position j - 1
+            setattr(s, attribute, [next(values) if m and j > 0 else 0.0 for j, m in enumerate(s.loss_mask)])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 5. update
+# ---------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class UpdateStats:
+    policy_loss: float = 0.0
+    kl: float = 0.0
+    entropy: float = 0.0
+    clip_fraction: float = 0.0
+    ratio_max: float = 1.0
+    grad_norm: float = 0.0
+    first_loss: float | None = None  # loss of the first mini-batch, before any update of this step
+    optimizer_steps: int = 0
+    tokens: int = 0
+    losses: list[float] = field(default_factory=list)
+
+
+def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[TokenSequence], config: TrainConfig,
+               pad_id: int, bf16: bool, generator: torch.Generator) -> UpdateStats:
+    """``ppo_epochs`` x ``ppo_mini_batches`` optimizer steps on the token-mean GRPO loss (see train.losses)."""
+    stats = UpdateStats()
+    trainable = [p for p in model.parameters() if p.requires_grad]
+    model.train()
+    for _ in range(config.ppo_epochs):
+        order = torch.randperm(len(sequences), generator=generator).tolist()
+        for mini in np.array_split(np.array(order, dtype=np.int64), min(config.ppo_mini_batches, len(order))):
+            optimizer.zero_grad(set_to_none=True)
+            sums = accumulate_gradients(model, [sequences[i] for i in mini.tolist()], config, pad_id, bf16)
+            max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
+            grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
+            optimizer.step()
+            scheduler.step()
+            if stats.first_loss is None:
+                stats.first_loss = sums.first_loss
+            stats.losses.append(sums.first_loss)
+            stats.optimizer_steps += 1
+            stats.tokens += sums.tokens
+            k = stats.optimizer_steps  # running means over mini-batches
+            for name in ("policy_loss", "kl", "entropy", "clip_fraction"):
+                setattr(stats, name, getattr(stats, name) + (getattr(sums, name) - getattr(stats, name)) / k)
+            stats.ratio_max = max(stats.ratio_max, sums.ratio_max)
+            stats.grad_norm += (grad_norm - stats.grad_norm) / k
+    model.eval()
+    return stats
+
+
+def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: TrainConfig, pad_id: int,
+                         bf16: bool) -> UpdateStats:
+    """Backpropagate one mini-batch's token-mean loss, micro-batch by micro-batch; return its loss terms
+    (``first_loss`` = the mini-batch's loss)."""
+    device = model_device(model)
+    n_tokens = sum(s.n_loss_tokens for s in chunk)
+    sums = UpdateStats(first_loss=0.0, tokens=n_tokens)
+    for indices in micro_batches([len(s) for s in chunk], config.micro_batch_tokens):
+        micro = [chunk[i] for i in indices]
+        batch = collate(micro, pad_id)
+        select = batch["loss_mask"]
+        with autocast(bf16, device):
+            logprobs, entropy = selected_logprobs(model, batch, config.temperature, with_entropy=True)
+        terms = grpo_loss(
+            logprobs, batch["old_logprobs"][select].to(device), batch["advantages"][select].to(device),
+            torch.ones_like(logprobs, dtype=torch.bool), n_tokens,
+            clip_low=config.clip_range, clip_high=config.clip_range_high or config.clip_range,
+            ref_logprobs=_flat(micro, "ref_logprobs", device) if config.kl_coef > 0 else None,
+            kl_coef=config.kl_coef, entropy=entropy, entropy_coef=config.entropy_coef,
+        )
+        terms.loss.backward()
+        sums.first_loss += float(terms.loss.detach())
+        sums.policy_loss += terms.policy_loss
+        sums.kl += terms.kl
+        sums.entropy += terms.entropy
+        sums.clip_fraction += terms.clip_fraction
+        sums.ratio_max = max(sums.ratio_max, terms.ratio_max)
+    return sums
+
+
+def _flat(sequences: Sequence[TokenSequence], attribute: str, device: torch.device) -> torch.Tensor:
+    """A per-token attribute of the loss tokens, flat in the order :func:`selected_logprobs` uses."""
+    return torch.tensor([v for s in sequences for j, (v, m) in enumerate(zip(getattr(s, attribute), s.loss_mask))
+                         if m and j > 0], dtype=torch.float32, device=device)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# 6. log, and the loop that ties 1-5 together
+# ---------------------------------------------------------------------------------------------------------
+
+
+def _mean_std(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"mean": None, "std": None}
+    array = np.asarray(values, dtype=float)
+    return {"mean": float(array.mean()), "std": float(array.std())}
+
+
+def rollout_metrics(episodes: Sequence[Any], dialogues: Sequence[Any],
+                    advantages: Sequence[list[float] | None]) -> dict[str, Any]:
+    """Reward mean/std at each level, items passed by focus, failures, early ends, judge and simulator usage."""
+    from agents.rollout import summarize
+
+    live = [e for e in episodes if not e.failed]
+    summary = summarize(episodes, dialogues)
+    turn_rewards = [r for e in live for r in (e.reward_record or {}).get("turn_rewards", [])]
+    action_rewards = [r for e in live for turn in (e.reward_record or {}).get("action_rewards", []) for r in turn]
+    flat_advantages = [a for per_action in advantages if per_action for a in per_action]
+    return {
+        "reward": _mean_std([e.R for e in live]),
+        "turn_reward": _mean_std(turn_rewards),
+        "action_reward": _mean_std(action_rewards),
+        "advantage": {**_mean_std(flat_advantages),
+                      "nonzero": float(np.mean([a != 0 for a in flat_advantages])) if flat_advantages else 0.0},
+        "episodes": len(episodes),
+        "failed": summary["failed"],
+        "ended_early": summary["ended_early"],
+        "truncated": summary["truncated"],
+        "actions_per_episode": float(np.mean([len(e.steps) for e in episodes])) if episodes else 0.0,
+        "completion_tokens": _mean_std([len(s.completion_ids or []) for e in episodes for s in e.steps]),
+        "items_passed": {k: v["rate"] for k, v in summary["items_passed_by_focus"].items()},
+        "usage": summary["usage"],
+    }
+
+
+@dataclass
+class GRPOResult:
+    output_dir: Path
+    steps_done: int
+    records: list[dict[str, Any]]
+    failed_episodes: int
+    final_dir: Path | None
+    seconds: float
+
+
+def build_policy(config: TrainConfig) -> tuple[Any, Any, ReferencePolicy | None]:
+    """(policy, tokenizer, frozen reference or None when kl_coef == 0), on CUDA when available."""
+    config.require_model()
+    tokenizer = load_tokenizer(config.tokenizer_path)
+    policy = load_model(config.model, "cuda" if torch.cuda.is_available() else "cpu")
+    if config.lora:
+        policy = add_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)
+    if config.gradient_checkpointing:
+        policy.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    reference = ReferencePolicy(policy) if config.kl_coef > 0 else None
+    policy.eval()
+    return policy, tokenizer, reference
+
+
+def train(config: TrainConfig, *, dialogues: Sequence[Any] | None = None, max_steps: int | None = None,
+          on_step: Callable[[int, dict[str, Any]], None] | None = None, save_final: bool = True) -> GRPOResult:
+    """Run (or resume) GRPO as configured. ``max_steps`` stops early after that many steps of this call (the
+    schedule still spans ``config.steps``: how an interrupted run is simulated). ``on_step(step, record)`` is
+    called after every step."""
+    from cm2_env.data import load_dialogues
+    from train.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+    from train.metrics import MetricsLogger
+
+    started = time.perf_counter()
+    config.validate()
+    out = Path(config.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    torch.manual_seed(config.seed)
+    dialogues = select_dialogues(dialogues if dialogues is not None else load_dialogues(config.dataset), config)
+    policy, tokenizer, reference = build_policy(config)
+    pad_id = pad_token_id(tokenizer)
+    bf16 = use_bf16(config.bf16, model_device(policy))
+    optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay, config.adam_betas)
+    scheduler = make_scheduler(optimizer, config.steps * config.ppo_epochs * config.ppo_mini_batches,
+                               config.warmup_ratio, config.lr_schedule)
+    resume_from = resolve_resume(config.resume, out)
+    state = load_checkpoint(resume_from, policy, optimizer, scheduler) if resume_from else TrainerState()
+    logger = MetricsLogger(out, tensorboard=config.tensorboard, resume_step=state.step if resume_from else None)
+    end = config.steps if max_steps is None else min(config.steps, state.step + max_steps)
+    records, failed_total = [], int(state.extras.get("failed_episodes", 0))
+    for step in range(state.step, end):
+        t0 = time.perf_counter()
+        # --- rollout
+        batch = [dialogues[i] for i in dialogues_at(state.data_position, config.prompts_per_step, len(dialogues), config.seed)]
+        seed = step_seed(config.seed, step)
+        episodes = collect_rollouts(policy, tokenizer, batch, config, seed=seed, group_size=config.group_size,
+                                    temperature=config.temperature)
+        t_rollout = time.perf_counter() - t0
+        # --- advantages -> token sequences
+        advantages = action_advantages(episodes, batch, config)
+        sequences = training_sequences(episodes, advantages, config.skip_zero_advantage,
+                                       eos_token_id(tokenizer) if config.mask_truncated_completions else None)
+        # --- loss inputs and update
+        t1 = time.perf_counter()
+        stats = UpdateStats()
+        if sequences:
+            if config.old_logprobs == "recompute":
+                fill_logprobs(policy, sequences, "old_logprobs", config, pad_id, bf16)
+            if reference is not None:
+                with reference.model() as ref_model:
+                    fill_logprobs(ref_model, sequences, "ref_logprobs", config, pad_id, bf16)
+            generator = torch.Generator().manual_seed(seed)
+            stats = ppo_update(policy, optimizer, scheduler, sequences, config, pad_id, bf16, generator)
+        t_update = time.perf_counter() - t1
+        # --- log
+        failed_total += sum(e.failed for e in episodes)
+        generated = sum(len(s.completion_ids or []) for e in episodes for s in e.steps)
+        record = {
+            **rollout_metrics(episodes, batch, advantages),
+            "loss": stats.first_loss, "policy_loss": stats.policy_loss, "kl": stats.kl, "entropy": stats.entropy,
+            "clip_fraction": stats.clip_fraction, "ratio_max": stats.ratio_max, "grad_norm": stats.grad_norm,
+            "lr": scheduler.get_last_lr()[0], "sequences": len(sequences), "loss_tokens": stats.tokens,
+            "failed_total": failed_total,
+            "time": {"rollout_s": t_rollout, "update_s": t_update, "step_s": time.perf_counter() - t0},
+            "tokens_per_s": {"rollout": generated / max(t_rollout, 1e-9),
+                             "train": sum(len(s) for s in sequences) * config.ppo_epochs / max(t_update, 1e-9)},
+        }
+        state.step, state.data_position = step + 1, state.data_position + config.prompts_per_step
+        state.extras["failed_episodes"] = failed_total
+        records.append(logger.log(step + 1, record))
+        if config.checkpoint_interval and state.step % config.checkpoint_interval == 0 or state.step == config.steps:
+            save_checkpoint(out, state, policy, optimizer, scheduler, config.to_dict(), keep=config.keep_checkpoints)
+        if on_step is not None:
+            on_step(state.step, records[-1])
+    logger.close()
+    final_dir = None
+    if save_final and state.step == config.steps:
+        final_dir = out / "final"
+        policy.save_pretrained(final_dir)
+        tokenizer.save_pretrained(final_dir)
+    return GRPOResult(out, state.step, records, failed_total, final_dir, time.perf_counter() - started)

@@ -1,0 +1,158 @@
+"""The trainable policy: loading, optional LoRA, the frozen reference, autocast, optimizer and per-token logprobs.
+
+Everything here is model plumbing shared by SFT and GRPO; the algorithms live in :mod:`train.sft` and
+:mod:`train.grpo`. Models are local Hugging Face folders only (no hub downloads: ``local_files_only``).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import math
+from pathlib import Path
+from typing import Any, Iterator
+
+import torch
+
+from train.losses import token_logprobs
+
+
+def load_tokenizer(path: str) -> Any:
+    from transformers import AutoTokenizer
+
+    _require_folder(path, "tokenizer")
+    tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    if not getattr(tokenizer, "chat_template", None):
+        raise ValueError(f"{path}: the tokenizer has no chat_template; cm2 renders prompts with the chat template "
+                         "(tools included). Fix: use a chat model's tokenizer or one built by train.tiny_model")
+    return tokenizer
+
+
+def load_model(path: str, device: torch.device | str = "cpu") -> Any:
+    from transformers import AutoModelForCausalLM
+
+    _require_folder(path, "model")
+    model = AutoModelForCausalLM.from_pretrained(path, local_files_only=True, dtype=torch.float32)
+    return model.to(device)
+
+
+def _require_folder(path: str, what: str) -> None:
+    if not path or not Path(path).is_dir():
+        raise FileNotFoundError(f"{what} folder {path!r} does not exist. Fix: point the config at a local Hugging "
+                                "Face folder (cm2 never downloads models)")
+
+
+def eos_token_id(tokenizer: Any) -> int:
+    """The id that ends an assistant message (``<|im_end|>`` for ChatML templates)."""
+    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    if eos is None or eos == tokenizer.unk_token_id:
+        eos = tokenizer.eos_token_id
+    return int(eos)
+
+
+def pad_token_id(tokenizer: Any) -> int:
+    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id(tokenizer))
+
+
+def add_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:
+    """Wrap ``model`` with LoRA adapters (peft); only the adapters train."""
+    try:
+        from peft import LoraConfig, get_peft_model
+    except ImportError as exc:  # pragma: no cover - depends on the installation
+        raise ImportError("lora: true needs peft. Fix: pip install 'cm2[lora]'") from exc
+    config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules, task_type="CAUSAL_LM")
+    return get_peft_model(model, config)
+
+
+class ReferencePolicy:
+    """The frozen reference for the KL term: the base model with adapters disabled (LoRA), or a frozen copy."""
+
+    def __init__(self, policy: Any):
+        self._policy = policy
+        self._lora = hasattr(policy, "disable_adapter")
+        self._copy = None
+        if not self._lora:
+            self._copy = copy.deepcopy(policy).eval()
+            for p in self._copy.parameters():
+                p.requires_grad_(False)
+
+    @contextlib.contextmanager
+    def model(self) -> Iterator[Any]:
+        if self._lora:
+            with self._policy.disable_adapter():
+                yield self._policy
+        else:
+            yield self._copy
+
+    def state_dict(self) -> dict[str, Any] | None:
+        return self._copy.state_dict() if self._copy is not None else None
+
+    def load_state_dict(self, state: dict[str, Any] | None) -> None:
+        if self._copy is not None and state is not None:
+            self._copy.load_state_dict(state)
+
+
+def use_bf16(mode: str, device: torch.device) -> bool:
+    """Whether to autocast to bf16: ``auto`` = on CUDA devices that support bf16; ``true``/``false`` force it."""
+    if mode == "true":
+        return True
+    if mode == "false":
+        return False
+    return device.type == "cuda" and torch.cuda.is_bf16_supported()
+
+
+def autocast(enabled: bool, device: torch.device) -> contextlib.AbstractContextManager:
+    if not enabled:
+        return contextlib.nullcontext()
+    return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+
+
+def model_device(model: Any) -> torch.device:
+    return next(model.parameters()).device
+
+
+def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0,
+                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Logprobs (and entropies) of the target tokens at the loss positions, as flat vectors in batch order.
+
+    The output projection runs only on the loss positions (``batch["loss_mask"]``): prompts are long and
+    completions short, so this skips most of the vocabulary matmul and softmax.
+    """
+    device = model_device(model)
+    input_ids = batch["input_ids"].to(device)
+    attention = batch["attention_mask"].to(device)
+    select = batch["loss_mask"].to(device)
+    targets = batch["targets"].to(device)[select]
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    if decoder is not None and head is not None:
+        hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
+        logits = head(hidden[:, :-1][select])
+    else:  # models without the decoder/head split: full logits, then select
+        logits = model(input_ids=input_ids, attention_mask=attention).logits[:, :-1][select]
+    logprobs, entropy = token_logprobs(logits, targets, temperature)
+    return logprobs, (entropy if with_entropy else None)
+
+
+def make_optimizer(model: Any, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))
+
+
+def make_scheduler(optimizer: torch.optim.Optimizer, total_steps: int, warmup_ratio: float,
+                   kind: str) -> torch.optim.lr_scheduler.LambdaLR:
+    """Linear warmup over ``warmup_ratio * total_steps`` optimizer steps, then constant / linear / cosine to 0."""
+    warmup = int(round(warmup_ratio * total_steps))
+    total = max(1, total_steps)
+
+    def factor(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        progress = min(1.0, (step - warmup) / max(1, total - warmup))
+        if kind == "linear":
+            return 1.0 - progress
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        return 1.0
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
