@@ -1,7 +1,7 @@
 """BFCL v4 (``bfcl-eval==2026.3.23``) through its official multi-turn loop and checker, with any policy.
 
 Our side of the adapter: options, the run directory, resuming, the subprocess, and the paper-style report. It
-never imports ``bfcl_eval`` and never evaluates model output: BFCL's checker ``eval()``s call strings, so all of
+never imports ``bfcl_eval`` and never evaluates model output: BFCL's checker runs call strings through Python's ``eval``, so all of
 BFCL runs in ``python -m benchmarks.bfcl_worker`` (``bfcl_worker.py``), with ``BFCL_PROJECT_ROOT`` set to the run
 directory so nothing is written into site-packages.
 

@@ -1,6 +1,6 @@
 """The BFCL v4 worker: runs INSIDE a subprocess started by ``benchmarks.bfcl`` and nowhere else.
 
-BFCL's checker executes call strings with ``eval()`` against its backends, so everything that imports
+BFCL's checker executes call strings with Python's ``eval`` against its backends, so everything that imports
 ``bfcl_eval`` lives here, in a throw-away process whose ``BFCL_PROJECT_ROOT`` points into the run directory.
 
 Contract: ``python -m benchmarks.bfcl_worker JOB.json``. The job is ``{"runs": [RUN, ...], "log": PATH}``; each
