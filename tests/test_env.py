@@ -18,13 +18,13 @@ import pytest
 from gymnasium.utils.env_checker import check_env
 
 import cm2_env  # noqa: F401 - registers CM2ToolUse-v0
-from cm2_env.data import dialogue_turns, load_dialogues, split_think
+from cm2_env.data import dialogue_turns, load_dialogues
 from cm2_env.env import CM2ToolUseEnv
 from cm2_env.judge.base import Verdict
 from cm2_env.reward import payouts
 from cm2_env.simulator.base import ToolResult
 from cm2_env.spaces import TextSpace
-from cm2_env.toolcalls import render_hermes
+from cm2_env.toolcalls import render_hermes, render_message_hermes
 
 DIALOGUE = "tooltalk/Calendar-Reminder-Weather-CompleteReminder-1"  # 3 turns, 2/2/3 actions, dependencies
 
@@ -41,15 +41,7 @@ def dialogue(dialogues):
 
 def reference_texts(dialogue) -> list[list[str]]:
     """The reference actions of every turn, as Hermes text."""
-    turns = []
-    for turn in dialogue_turns(dialogue):
-        texts = []
-        for action in turn.actions:
-            thinking, reply = split_think(action.assistant.text)
-            calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in action.assistant.calls]
-            texts.append(render_hermes(calls, content=reply, thinking=thinking))
-        turns.append(texts)
-    return turns
+    return [[render_message_hermes(a.assistant) for a in turn.actions] for turn in dialogue_turns(dialogue)]
 
 
 class ScriptedJudge:

@@ -21,11 +21,11 @@ import asyncio
 import statistics
 import time
 
-from cm2_env.data import dialogue_turns, load_dialogues, split_think
+from cm2_env.data import dialogue_turns, load_dialogues
 from cm2_env.env import CM2ToolUseEnv
 from cm2_env.judge.base import Verdict
 from cm2_env.simulator.base import ToolResult
-from cm2_env.toolcalls import render_hermes
+from cm2_env.toolcalls import render_message_hermes
 
 
 class ConstantSimulator:
@@ -54,13 +54,7 @@ class NullJudge:
 
 def reference_actions(dialogue) -> list[str]:
     """Every reference action of the dialogue as Hermes text, in order (turns concatenated)."""
-    texts = []
-    for turn in dialogue_turns(dialogue):
-        for action in turn.actions:
-            thinking, reply = split_think(action.assistant.text)
-            calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in action.assistant.calls]
-            texts.append(render_hermes(calls, content=reply, thinking=thinking))
-    return texts
+    return [render_message_hermes(action.assistant) for turn in dialogue_turns(dialogue) for action in turn.actions]
 
 
 def time_sync(env: CM2ToolUseEnv, plays: list[tuple[str, list[str]]]) -> list[float]:

@@ -13,10 +13,10 @@ import argparse
 import asyncio
 import time
 
-from cm2_env.data import dialogue_turns, load_dialogues, split_think
+from cm2_env.data import dialogue_turns, load_dialogues
 from cm2_env.judge import Verdict
 from cm2_env.simulator import make_simulator
-from cm2_env.toolcalls import render_hermes
+from cm2_env.toolcalls import render_message_hermes
 from cm2_env.vector import CM2VectorEnv
 
 DIALOGUE = "tooltalk/Calendar-Reminder-Weather-CompleteReminder-1"
@@ -58,13 +58,7 @@ class LatentSimulator:
 
 
 def actions(dialogue) -> list[str]:
-    texts = []
-    for turn in dialogue_turns(dialogue):
-        for action in turn.actions:
-            thinking, reply = split_think(action.assistant.text)
-            calls = [{"name": c.function.name, "arguments": c.function.arguments} for c in action.assistant.calls]
-            texts.append(render_hermes(calls, content=reply, thinking=thinking))
-    return texts
+    return [render_message_hermes(action.assistant) for turn in dialogue_turns(dialogue) for action in turn.actions]
 
 
 def run(n: int, latency: float, dialogue) -> tuple[float, int]:
