@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from agents.base import Agent, AgentStep
+from agents.sampling import sampling_seed
 from cm2_env.data import Dialogue
 
 
@@ -65,13 +66,22 @@ class EpisodeResult:
 
 async def arun_episode(env: Any, agent: Agent, dialogue_id: str, group_index: int = 0,
                        seed: int | None = None) -> EpisodeResult:
-    """Run one episode of ``env`` on ``dialogue_id`` with ``agent`` until it terminates or is truncated."""
-    _, info = await env.areset(seed=seed, options={"dialogue_id": dialogue_id})
+    """Run one episode of ``env`` on ``dialogue_id`` with ``agent`` until it terminates or is truncated.
+
+    With a ``seed`` (the rollout seed) the episode is reproducible: the env is reset with
+    ``sampling_seed(seed, dialogue_id, group_index)`` and action i is sampled with
+    ``context["sampling_seed"] = sampling_seed(seed, dialogue_id, group_index, i)`` (:mod:`agents.sampling`), so
+    its draws depend on that key alone, never on timing or on the other episodes running beside it.
+    """
+    reset_seed = None if seed is None else sampling_seed(seed, dialogue_id, group_index)
+    _, info = await env.areset(seed=reset_seed, options={"dialogue_id": dialogue_id})
     steps: list[AgentStep] = []
     rewards: list[float] = []
     terminated = truncated = False
     while not (terminated or truncated):
-        step = await agent.act(info["messages"], info["tools"], context=info)
+        context = info if seed is None else {**info, "sampling_seed": sampling_seed(seed, dialogue_id, group_index,
+                                                                                   len(steps))}
+        step = await agent.act(info["messages"], info["tools"], context=context)
         steps.append(step)
         _, reward, terminated, truncated, info = await env.astep(step.text)
         rewards.append(float(reward))
@@ -107,7 +117,11 @@ async def arun_rollouts(
     """Run ``group_size`` episodes of every dialogue concurrently; results are ordered by (dialogue, group index).
 
     ``env_kwargs`` go to :class:`~cm2_env.env.CM2ToolUseEnv`; a simulator or judge given as a spec string is built
-    once here and shared by all episodes. Episode ``(d, g)`` is reset with seed ``seed + d * group_size + g``.
+    once here and shared by all episodes. Episode ``(d, g)`` runs with the rollout seed ``seed`` (see
+    :func:`arun_episode`): its resets and sampling depend on ``(seed, dialogue id, g)``, not on the order in which
+    episodes finish, so the results (ordered by dialogue, then group index) are the same at any concurrency.
+    A dialogue listed twice forms one larger group: its second listing has group indices ``group_size ..
+    2 * group_size - 1``, so no two episodes share a sampling key.
     """
     from cm2_env.env import CM2ToolUseEnv
     from cm2_env.judge import make_judge
@@ -118,7 +132,12 @@ async def arun_rollouts(
     kwargs["judge"] = make_judge(kwargs.get("judge", "rule"))
     dialogues = list(dialogues)
     limit = asyncio.Semaphore(max(1, concurrency))
-    jobs = [(d, g) for d in range(len(dialogues)) for g in range(group_size)]
+    listed: Counter = Counter()
+    jobs = []
+    for d, dialogue in enumerate(dialogues):
+        first = listed[dialogue.id] * group_size
+        listed[dialogue.id] += 1
+        jobs.extend((d, first + g) for g in range(group_size))
     results: list[EpisodeResult | None] = [None] * len(jobs)
 
     with _progress(progress, len(jobs)) as advance:
@@ -126,8 +145,7 @@ async def arun_rollouts(
             async with limit:
                 env = CM2ToolUseEnv(dataset=[dialogues[d]], **kwargs)
                 try:
-                    results[job_index] = await arun_episode(env, agent, dialogues[d].id, g,
-                                                            seed=seed + d * group_size + g)
+                    results[job_index] = await arun_episode(env, agent, dialogues[d].id, g, seed=seed)
                 finally:
                     env.close()
             advance()

@@ -2,11 +2,14 @@
 
 Many episodes call :meth:`TransformersAgent.act` concurrently from one event loop; the calls queue up and a
 single worker runs them through ``model.generate`` in batches (left padding) on a worker thread, so the event
-loop stays free for simulator and judge I/O. Every action records its exact token bookkeeping (DESIGN.md,
-"Training token bookkeeping"): the prompt ids the chat template produced, the generated ids (ending with the EOS
-token when generation stopped there) and the log-probability of each generated id under the sampling
-distribution (log-softmax of logits / temperature, before top-p truncation). The trainer trains on exactly these
-ids and never re-tokenises text.
+loop stays free for simulator and judge I/O. Every action records its exact token bookkeeping (docs/training.md,
+"How a step works"): the prompt ids the chat template produced, the generated ids (ending with the EOS token
+when generation stopped there) and the log-probability of each generated id under the sampling distribution
+(log-softmax of logits / temperature, before top-p truncation). The trainer trains on exactly these ids and never
+re-tokenises text.
+
+Sampling is seeded per action (:mod:`agents.sampling`): an action's draws depend on its ``sampling_seed`` alone,
+never on which other requests share its batch, so the same seeds give the same actions whatever the timing.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from agents.base import AgentStep
+from agents.sampling import SeededSampler, sampling_seed
 from cm2_env.toolcalls import parse, to_assistant_message
 
 
 @dataclass
 class _Request:
     prompt_ids: list[int]
+    seed: int
     future: asyncio.Future
 
 
@@ -30,7 +35,12 @@ class TransformersAgent:
 
     temperature 0 means greedy decoding (logprobs are then plain log-softmax). ``max_prompt_tokens`` keeps the
     last tokens of an over-long prompt (the system prompt and tools come first and are lost first; prefer
-    datasets that fit). ``seed`` seeds torch's global generator once, at construction.
+    datasets that fit).
+
+    Each action samples with its own seed: ``context["sampling_seed"]`` when the caller gives one (the rollout
+    engine does: a function of rollout seed, dialogue, group member and action index), otherwise a seed derived
+    from ``seed`` and the number of ``act`` calls so far -- reproducible only when calls arrive in the same order.
+    torch's global generator is never used.
     """
 
     def __init__(
@@ -45,8 +55,6 @@ class TransformersAgent:
         max_prompt_tokens: int | None = None,
         seed: int | None = None,
     ):
-        import torch
-
         self.model = model
         self.tokenizer = tokenizer
         self.max_new_tokens = max_new_tokens
@@ -61,8 +69,8 @@ class TransformersAgent:
         self._queue: list[_Request] = []
         self._worker: asyncio.Task | None = None
         self.batches: list[int] = []  # sizes of the generate() batches run, for tests and metrics
-        if seed is not None:
-            torch.manual_seed(seed)
+        self.seed = 0 if seed is None else int(seed)
+        self._calls = 0
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         """The chat-template token ids of ``messages`` + tools, ending with the assistant generation prompt."""
@@ -83,8 +91,12 @@ class TransformersAgent:
         context: Mapping[str, Any] | None = None,
     ) -> AgentStep:
         prompt = self.prompt_ids(messages, tools)
+        seed = (context or {}).get("sampling_seed")
+        if seed is None:
+            seed = sampling_seed("agent", self.seed, self._calls)
+        self._calls += 1
         future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(prompt, future))
+        self._queue.append(_Request(prompt, int(seed), future))
         if self._worker is None or self._worker.done():
             self._worker = asyncio.create_task(self._drain())
         completion, logprobs = await future
@@ -110,7 +122,7 @@ class TransformersAgent:
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch_size], self._queue[self.max_batch_size :]
             try:
-                results = await asyncio.to_thread(self._generate, [r.prompt_ids for r in batch])
+                results = await asyncio.to_thread(self._generate, [r.prompt_ids for r in batch], [r.seed for r in batch])
             except Exception as exc:  # surface the error in every waiting act() call
                 for request in batch:
                     if not request.future.done():
@@ -120,8 +132,9 @@ class TransformersAgent:
                 if not request.future.done():
                     request.future.set_result(result)
 
-    def _generate(self, prompts: list[list[int]]) -> list[tuple[list[int], list[float]]]:
+    def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list[tuple[list[int], list[float]]]:
         import torch
+        from transformers import GenerationConfig, LogitsProcessorList
 
         self.batches.append(len(prompts))
         width = max(len(p) for p in prompts)
@@ -131,32 +144,25 @@ class TransformersAgent:
         for i, prompt in enumerate(prompts):
             input_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
             attention[i, width - len(prompt) :] = 1
-        greedy = self.temperature <= 0
+        sampler = SeededSampler(seeds, width, self.temperature, self.top_p)
+        # A clean generation config: none of the model's own defaults (top_k, repetition penalty...) may change
+        # the distribution the trainer recomputes. The sampler picks every token; generate() then takes its argmax.
+        config = GenerationConfig(do_sample=False, max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_id,
+                                  pad_token_id=self.pad_id)
         was_training = self.model.training
         self.model.eval()
         with torch.no_grad():
-            out = self.model.generate(
-                input_ids=input_ids.to(device),
-                attention_mask=attention.to(device),
-                do_sample=not greedy,
-                temperature=None if greedy else self.temperature,
-                top_p=None if greedy else self.top_p,
-                top_k=None,
-                max_new_tokens=self.max_new_tokens,
-                eos_token_id=self.eos_id,
-                pad_token_id=self.pad_id,
-                output_logits=True,
-                return_dict_in_generate=True,
-            )
+            sequences = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                            generation_config=config, logits_processor=LogitsProcessorList([sampler]))
         if was_training:
             self.model.train()
-        generated = out.sequences[:, width:].cpu()
-        logits = torch.stack(out.logits, dim=1).float().cpu()  # (batch, new tokens, vocab)
-        if not greedy:
-            logits = logits / self.temperature
-        token_logprobs = torch.log_softmax(logits, dim=-1).gather(-1, generated.unsqueeze(-1)).squeeze(-1)
+        generated = sequences[:, width:]
+        tokens, logprobs = sampler.recorded(generated.shape[1])
+        if not torch.equal(tokens.to(generated.device)[generated != self.pad_id], generated[generated != self.pad_id]):
+            raise RuntimeError("generate() did not emit the tokens the seeded sampler chose; a logits processor of "
+                               "the model's generation config may interfere")
         results = []
-        for row, row_logprobs in zip(generated.tolist(), token_logprobs.tolist()):
+        for row, row_logprobs in zip(generated.cpu().tolist(), logprobs.float().cpu().tolist()):
             end = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
             results.append((row[:end], row_logprobs[:end]))
         return results

@@ -106,6 +106,8 @@ class TrainConfig:
 
     # --- bookkeeping ---------------------------------------------------------------------------------------
     seed: int = 0
+    num_threads: int = 0  # torch intra-op CPU threads (0 = torch's default); fix it to compare runs bitwise
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable kernels; slower on GPUs)
     output_dir: str = "runs/grpo"
     checkpoint_interval: int = 50  # GRPO steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2
@@ -139,7 +141,8 @@ class TrainConfig:
                      "sft_batch_size", "sft_micro_batch_tokens", "sft_max_length", "keep_checkpoints", "lora_r"):
             if getattr(self, name) < 1:
                 fail(name, f"must be at least 1, got {getattr(self, name)}", "use a positive integer")
-        for name in ("rollout_concurrency", "eval_dialogues", "eval_max_turns", "checkpoint_interval", "max_dialogues"):
+        for name in ("rollout_concurrency", "eval_dialogues", "eval_max_turns", "checkpoint_interval", "max_dialogues",
+                     "num_threads"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0, got {getattr(self, name)}", "use 0 (default) or a positive integer")
         for name in ("learning_rate", "sft_learning_rate"):

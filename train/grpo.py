@@ -32,8 +32,9 @@ import torch
 
 from train.config import TrainConfig
 from train.losses import grpo_loss
-from train.policy import (ReferencePolicy, add_lora, autocast, eos_token_id, load_model, load_tokenizer,
-                          make_optimizer, make_scheduler, model_device, pad_token_id, selected_logprobs, use_bf16)
+from train.policy import (ReferencePolicy, add_lora, autocast, configure_torch, eos_token_id, load_model,
+                          load_tokenizer, make_optimizer, make_scheduler, model_device, pad_token_id,
+                          selected_logprobs, use_bf16)
 from train.sequences import TokenSequence, collate, episode_sequences, micro_batches
 
 # ---------------------------------------------------------------------------------------------------------
@@ -339,7 +340,7 @@ def train(config: TrainConfig, *, dialogues: Sequence[Any] | None = None, max_st
     out = Path(config.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
-    torch.manual_seed(config.seed)
+    configure_torch(config)
     dialogues = select_dialogues(dialogues if dialogues is not None else load_dialogues(config.dataset), config)
     policy, tokenizer, reference = build_policy(config)
     pad_id = pad_token_id(tokenizer)

@@ -17,6 +17,24 @@ import torch
 from train.losses import token_logprobs
 
 
+def configure_torch(config: Any) -> None:
+    """Seed torch's global generator and apply the run's numerics options (docs/training.md, "Reproducibility").
+
+    ``num_threads > 0`` fixes torch's intra-op CPU threads; ``deterministic`` makes torch use deterministic
+    kernels (and cuBLAS a fixed workspace), raising where an op has none. Neither pins which vector
+    instructions a CPU uses: that takes environment variables set before Python starts (the docs say which).
+    """
+    import os
+
+    if config.num_threads > 0:
+        torch.set_num_threads(config.num_threads)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+        torch.backends.cudnn.benchmark = False
+    torch.manual_seed(config.seed)
+
+
 def load_tokenizer(path: str) -> Any:
     from transformers import AutoTokenizer
 

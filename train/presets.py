@@ -60,7 +60,7 @@ TINY_CPU: dict[str, Any] = {
     "micro_batch_tokens": 4096,
     "skip_zero_advantage": True,
     "mask_truncated_completions": True,
-    "bf16": "true",
+    "bf16": "false",
     # evaluation: 8 sampled episodes per dialogue at the training temperature, fixed seed (the RL objective);
     # the summary also reports greedy decoding
     "eval_dialogues": 8,
@@ -112,13 +112,11 @@ def run_tiny_cpu(out: str | Path, seed: int = 0, preset: str = "tiny-cpu", on_pr
     The summary has ``reward_before``, ``reward_after`` (mean checklist reward of the SFT model and of the GRPO
     model on the same dialogues and settings), ``seed``, the phase timings and the output paths.
     """
-    import torch
-
     from cm2_env.data import load_dialogues
     from train.evaluate import measure_reward
     from train.grpo import select_dialogues, train
     from train.metrics import plot_reward_curve
-    from train.policy import load_model, load_tokenizer
+    from train.policy import configure_torch, load_model, load_tokenizer
     from train.sft import run_sft
     from train.tiny_model import build_tiny
 
@@ -128,7 +126,7 @@ def run_tiny_cpu(out: str | Path, seed: int = 0, preset: str = "tiny-cpu", on_pr
     cpu: dict[str, float] = {}  # process CPU seconds: on a shared machine, wall time alone misleads
     out = Path(out)
     config = preset_config(preset, out, seed, **overrides)
-    torch.manual_seed(seed)
+    configure_torch(config)
 
     def phase(name: str) -> Callable[[], None]:
         t0, c0 = time.perf_counter(), time.process_time()

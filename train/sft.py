@@ -22,8 +22,8 @@ import torch
 
 from train.config import TrainConfig
 from train.metrics import MetricsLogger
-from train.policy import (autocast, eos_token_id, load_model, load_tokenizer, make_optimizer, make_scheduler,
-                          model_device, pad_token_id, selected_logprobs, use_bf16)
+from train.policy import (autocast, configure_torch, eos_token_id, load_model, load_tokenizer, make_optimizer,
+                          make_scheduler, model_device, pad_token_id, selected_logprobs, use_bf16)
 from train.sequences import TokenSequence, collate, dialogue_sequences, micro_batches
 
 #: CM2_SPEC.md, "Training recipe": markup tokens and the words whose embeddings they start from.
@@ -122,7 +122,7 @@ def run_sft(
     from cm2_env.data import load_dialogues
 
     started = time.perf_counter()
-    torch.manual_seed(config.seed)
+    configure_torch(config)
     if tokenizer is None:
         config.require_model()
         tokenizer = load_tokenizer(config.tokenizer_path)
