@@ -5,7 +5,8 @@
 - :class:`~agents.endpoint.EndpointAgent`: any OpenAI-compatible endpoint.
 - :class:`~agents.transformers_agent.TransformersAgent`: a local transformers model, batched generation, token
   bookkeeping for training.
-- :func:`make_agent`: build one from a spec string (``replay``, ``openai:URL#model``, ``hf:PATH``).
+- :class:`~agents.probes.ProbeAgent`: deliberately gaming policies that measure whether a judge can be gamed.
+- :func:`make_agent`: build one from a spec string (``replay``, ``probe:KIND``, ``openai:URL#model``, ``hf:PATH``).
 """
 
 from __future__ import annotations
@@ -30,10 +31,18 @@ def __getattr__(name: str) -> Any:
 
 
 def make_agent(spec: str, dialogues: Sequence[Any] = (), **options: Any) -> Agent:
-    """An agent from a spec: ``replay``, an endpoint spec ``openai:URL#model``, or ``hf:PATH`` (a local
-    transformers model folder with a chat-template tokenizer). ``options`` go to the agent's constructor."""
+    """An agent from a spec: ``replay``, ``probe:KIND`` or ``probe:KIND+calls`` (agents.probes), an endpoint spec
+    ``openai:URL#model``, or ``hf:PATH`` (a local transformers model folder with a chat-template tokenizer).
+    ``options`` go to the agent's constructor."""
     if spec == "replay":
         return ReplayAgent(dialogues)
+    if spec.startswith("probe:"):
+        from agents.probes import ProbeAgent
+
+        kind, _, extra = spec[len("probe:"):].partition("+")
+        if extra not in ("", "calls"):
+            raise ValueError(f"unknown probe option {extra!r} in {spec!r}: use probe:KIND or probe:KIND+calls")
+        return ProbeAgent(dialogues, kind, replay_calls=extra == "calls")
     if spec.startswith("openai:"):
         from agents.endpoint import EndpointAgent
 
@@ -46,7 +55,7 @@ def make_agent(spec: str, dialogues: Sequence[Any] = (), **options: Any) -> Agen
         path = spec[len("hf:"):]
         return TransformersAgent(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path),
                                  **options)
-    raise ValueError(f"unknown agent spec {spec!r}: use 'replay', 'openai:URL#model' or 'hf:PATH'")
+    raise ValueError(f"unknown agent spec {spec!r}: use 'replay', 'probe:KIND', 'openai:URL#model' or 'hf:PATH'")
 
 
 __all__ = ["Agent", "AgentStep", "ReplayAgent", "EndpointAgent", "TransformersAgent", "make_agent"]

@@ -37,6 +37,7 @@ import gymnasium as gym
 
 from cm2_env.data.io import load_dialogues
 from cm2_env.data.models import Dialogue
+from cm2_env.data.turns import turn_complete
 from cm2_env.episode import VARIANT_MODES, DialoguePlan, EpisodeState, plan_dialogue
 from cm2_env.judge.base import JudgeRequest
 from cm2_env.loop import PrivateLoop, close_backends
@@ -210,7 +211,7 @@ class CM2ToolUseEnv(gym.Env[str, str]):
             passed = await self._judge(episode)
         action_reward = turn.update(passed)
 
-        final_reply = parsed.is_final_reply
+        final_reply = turn_complete(episode.messages[episode.turn_start:])
         terminated = truncated = next_turn = False
         if episode.failed:
             truncated = True

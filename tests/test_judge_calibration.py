@@ -100,11 +100,15 @@ def test_the_cli_reports_the_rule_judge_as_an_approximation_and_ends_with_a_json
     assert set(last["by_focus"]) and set(last["by_kind"])
 
 
-def test_the_rule_judge_on_the_bundled_calibration_set_beats_always_pass():
+def test_the_rule_judge_on_the_bundled_calibration_set_keeps_its_accuracy_and_its_confident_verdicts_are_better():
     report = asyncio.run(evaluate(__import__("cm2_env.judge", fromlist=["RuleJudge"]).RuleJudge(),
                                   load_calibration(), load_dialogues("tooltalk"))).to_dict()
     always_pass = 0.63  # the README: 63% of the gold verdicts pass
     assert report["n"] == 1038 and report["accuracy"] > always_pass + 0.1
+    # hardening the rules against gaming must not cost accuracy: 0.889 before the hardening
+    assert report["accuracy"] >= 0.889
+    confident = report["confident"]
+    assert confident["accuracy"] > report["accuracy"] and 0.2 < confident["share_below"] < 0.6
 
 
 def test_the_cli_runs_an_llm_judge_and_reports_its_calls_and_tokens():

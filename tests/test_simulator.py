@@ -142,23 +142,27 @@ def test_an_unparsable_llm_answer_is_a_failed_result_after_the_attempts():
         assert len(server.requests) == 2
 
 
-def test_the_fewshot_prefix_holds_no_calls_of_future_turns_unless_all_is_asked():
+def test_the_fewshot_prefix_holds_only_recordings_before_the_agents_position_unless_all_is_asked():
     calls = recorded_calls(FIRST)
-    last_turn = max(c.turn for c in calls)
     early = min(c.turn for c in calls)
     future = [c for c in calls if c.turn > early]
     assert future, "the dialogue needs calls after its first call's turn"
     arguments = {"start_time": "2030-01-01 00:00:00", "end_time": "2030-01-01 23:59:59"}
-    prefix = HybridToolSimulator(fewshot="prefix").start_episode(FIRST).prompt("QueryCalendar", arguments, early)
+    prefix = HybridToolSimulator(fewshot="prefix").start_episode(FIRST)
     everything = HybridToolSimulator(fewshot="all").start_episode(FIRST).prompt("QueryCalendar", arguments, early)
-    for call in future:
-        assert call.response not in prefix[1]["content"]
-        assert call.response in everything[1]["content"]
+    shown = prefix.prompt("QueryCalendar", arguments, early)[1]["content"]
     for call in calls:
-        if call.turn <= early:
-            assert call.response in prefix[1]["content"]
+        assert call.response in everything[1]["content"]
+        # before the agent replays anything of turn `early`, neither that turn's nor later recordings are shown
+        assert (call.response in shown) == (call.turn < early)
+    first = calls[0]
+    assert run(prefix.execute(first.name, first.arguments, turn=first.turn)).source == "replay"
+    shown = prefix.prompt("QueryCalendar", arguments, early)[1]["content"]
+    assert first.response in shown
+    assert all(c.response not in shown for c in future)
+    last_turn = max(c.turn for c in calls)
     latest = HybridToolSimulator().start_episode(FIRST).prompt("QueryCalendar", arguments, last_turn)
-    assert all(c.response in latest[1]["content"] for c in calls)
+    assert all(c.response in latest[1]["content"] for c in calls if c.turn < last_turn)
 
 
 def test_the_simulator_prompt_states_the_output_contract_and_the_tool_schema():

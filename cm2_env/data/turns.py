@@ -115,6 +115,20 @@ def split_actions(turn_messages: Sequence[MessageLike]) -> list[Action]:
     return actions
 
 
+def turn_complete(turn_messages: Sequence[MessageLike]) -> bool:
+    """Whether a turn so far (its user message first) has ended with the assistant's final reply.
+
+    The one definition of "turn complete" that the environment and every judge use: the last message is an
+    assistant message without tool calls. A turn whose last message is a tool response -- an answer to a call,
+    or the environment's error answer to malformed or invalid call text -- is still in progress, whatever the
+    assistant message before it looks like.
+    """
+    if not turn_messages:
+        return False
+    last = turn_messages[-1]
+    return role(last) == "assistant" and not _get(last, "tool_calls")
+
+
 def dialogue_turns(dialogue: Dialogue) -> list[Turn]:
     """The turns of a reference dialogue."""
     return split_turns(dialogue.messages)

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
 from cm2_env.data.models import ChecklistItem, Dialogue
+from cm2_env.data.turns import turn_complete
 
 
 @dataclass(frozen=True)
@@ -32,6 +33,12 @@ class JudgeRequest:
     items: Sequence[ChecklistItem]
     history: Sequence[dict[str, Any]]
     current: Sequence[dict[str, Any]]
+
+    @property
+    def turn_complete(self) -> bool:
+        """The current turn has its final reply (:func:`cm2_env.data.turns.turn_complete`, the one definition
+        the environment uses too). A malformed or invalid call is never a final reply."""
+        return turn_complete(self.current)
 
 
 @dataclass(frozen=True)

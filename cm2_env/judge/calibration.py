@@ -6,7 +6,9 @@ replays every candidate as training does - after each agent action the judge is 
 that are not yet satisfied (satisfaction is sticky) - and returns a :class:`CalibrationReport`: accuracy,
 precision/recall/F1 of "pass", per focus and per candidate kind, first-action agreement (on items passed by both,
 "avoid X" items excluded, as their annotated first step is a convention), vote agreement, errors, LLM calls and
-tokens. A verdict error (``passed=None``) counts as a wrong answer and is counted in ``errors``.
+tokens. A verdict error (``passed=None``) counts as a wrong answer and is counted in ``errors``. For judges whose
+verdicts carry ``details["confidence"]`` (the rule judge) it also reports the confident slice: the verdicts at or
+above ``threshold`` -- what a hybrid judge with that threshold keeps -- and the share it would send to the LLM.
 """
 
 from __future__ import annotations
@@ -124,6 +126,7 @@ class CaseResult:
     first_action: dict[str, int | None]
     agreements: list[float] = field(default_factory=list)
     errors: list[str] = field(default_factory=list)
+    confidence: dict[str, float] = field(default_factory=dict)  # of the deciding verdict, where judges give one
 
 
 def case_request_parts(case: CalibrationCase, dialogue: Dialogue) -> tuple[list[dict], dict, list]:
@@ -161,6 +164,9 @@ async def judge_case(judge: ChecklistJudge, case: CalibrationCase, dialogue: Dia
                 continue
             if verdict.source == "llm":
                 result.agreements.append(verdict.agreement)
+            confidence = (verdict.details or {}).get("confidence")
+            if isinstance(confidence, (int, float)):
+                result.confidence[item.id] = float(confidence)
             if verdict.passed:
                 satisfied[item.id] = action.index
     for item in items:
@@ -192,17 +198,19 @@ class CalibrationReport:
     vote_agreement: float | None
     usage: dict[str, Any]
     cases: int
+    confident: dict[str, Any] | None = None  # verdicts with confidence >= threshold, and the share of the rest
 
     def to_dict(self) -> dict[str, Any]:
         return {**self.overall, "cases": self.cases, "by_focus": self.by_focus, "by_kind": self.by_kind,
                 "first_action_agreement": self.first_action, "vote_agreement": self.vote_agreement,
-                "usage": self.usage}
+                "usage": self.usage, "confident": self.confident}
 
 
 def score(results: Sequence[CaseResult], dialogues: dict[str, Dialogue], usage: dict[str, Any] | None = None,
-          variant: int = 0) -> CalibrationReport:
+          variant: int = 0, threshold: float = 0.85) -> CalibrationReport:
     """Compare judged cases with their gold verdicts (pure)."""
-    overall, by_focus, by_kind = Tally(), defaultdict(Tally), defaultdict(Tally)
+    overall, by_focus, by_kind, confident = Tally(), defaultdict(Tally), defaultdict(Tally), Tally()
+    unsure = 0
     first_total = first_same = 0
     agreements = [a for r in results for a in r.agreements]
     for result in results:
@@ -212,6 +220,11 @@ def score(results: Sequence[CaseResult], dialogues: dict[str, Dialogue], usage: 
             item = items.get(gold.item_id)
             predicted = result.passed.get(gold.item_id)
             overall.add(gold.passed, predicted)
+            level = result.confidence.get(gold.item_id)
+            if level is not None and level >= threshold:
+                confident.add(gold.passed, predicted)
+            elif level is not None:
+                unsure += 1
             by_focus[item.focus_on if item else "?"].add(gold.passed, predicted)
             by_kind[case.kind].add(gold.passed, predicted)
             if gold.passed and predicted and item is not None and not is_avoid_item(item):
@@ -225,12 +238,15 @@ def score(results: Sequence[CaseResult], dialogues: dict[str, Dialogue], usage: 
         vote_agreement=sum(agreements) / len(agreements) if agreements else None,
         usage=dict(usage or {}),
         cases=len(results),
+        confident=({**confident.summary(), "threshold": threshold,
+                    "share_below": unsure / (unsure + confident.summary()["n"])}
+                   if unsure + confident.summary()["n"] else None),
     )
 
 
 async def evaluate(judge: ChecklistJudge, cases: Sequence[CalibrationCase], dialogues: Sequence[Dialogue],
                    *, concurrency: int = 16, on_case: Callable[[CaseResult], None] | None = None,
-                   variant: int = 0) -> CalibrationReport:
+                   variant: int = 0, threshold: float = 0.85) -> CalibrationReport:
     """Judge every case (``concurrency`` at a time) and score the verdicts against the gold ones."""
     by_id = {d.id: d for d in dialogues}
     missing = sorted({c.dialogue_id for c in cases} - set(by_id))
@@ -247,4 +263,4 @@ async def evaluate(judge: ChecklistJudge, cases: Sequence[CalibrationCase], dial
         return result
 
     results = await asyncio.gather(*(one(case) for case in cases))
-    return score(results, by_id, judge.usage(), variant)
+    return score(results, by_id, judge.usage(), variant, threshold)

@@ -29,7 +29,8 @@ def judge() -> None:
 @click.option("--votes", type=int, default=1, show_default=True, help="LLM judge: votes per question")
 @click.option("--batch-items", is_flag=True, help="LLM judge: all items of an action in one request")
 @click.option("--temperature", type=float, default=None, help="LLM judge sampling temperature (default 0.6)")
-@click.option("--threshold", type=float, default=0.85, show_default=True, help="hybrid: rule confidence needed")
+@click.option("--threshold", type=float, default=0.85, show_default=True,
+              help="rule confidence a hybrid judge keeps (also the confident slice of the report)")
 @click.option("--concurrency", type=int, default=16, show_default=True, help="candidates judged at once")
 def eval_command(judge_spec: str, calibration_path: str | None, dialogues: str, as_json: bool, limit: int | None,
                  votes: int, batch_items: bool, temperature: float | None, threshold: float,
@@ -59,23 +60,24 @@ def eval_command(judge_spec: str, calibration_path: str | None, dialogues: str, 
         raise click.ClickException(f"--judge {judge_spec!r}: {exc}") from exc
     if judge_spec.strip() in ("rule",) or judge_spec.startswith("hybrid:"):
         click.echo(RULE_NOTE, err=as_json)
-    report = asyncio.run(_run(judge_obj, cases, dialogue_set, concurrency, progress=not as_json))
+    report = asyncio.run(_run(judge_obj, cases, dialogue_set, concurrency, threshold, progress=not as_json))
     result = {"judge": judge_spec, **report.to_dict()}
     _print_tables(result, err=as_json)
     if as_json:
         click.echo(json.dumps(result, sort_keys=True))
 
 
-async def _run(judge_obj: Any, cases: list, dialogue_set: list, concurrency: int, progress: bool) -> Any:
+async def _run(judge_obj: Any, cases: list, dialogue_set: list, concurrency: int, threshold: float,
+               progress: bool) -> Any:
     from rich.progress import Progress
 
     from cm2_env.judge.calibration import evaluate
 
     if not progress or not sys.stderr.isatty():
-        return await evaluate(judge_obj, cases, dialogue_set, concurrency=concurrency)
+        return await evaluate(judge_obj, cases, dialogue_set, concurrency=concurrency, threshold=threshold)
     with Progress(transient=True) as bar:
         task = bar.add_task("judging candidates", total=len(cases))
-        return await evaluate(judge_obj, cases, dialogue_set, concurrency=concurrency,
+        return await evaluate(judge_obj, cases, dialogue_set, concurrency=concurrency, threshold=threshold,
                               on_case=lambda _: bar.advance(task))
 
 
@@ -99,7 +101,13 @@ def _print_tables(result: dict[str, Any], err: bool) -> None:
         row(f"focus: {short.get(name, name)}", m)
     for name, m in result["by_kind"].items():
         row(f"kind: {name}", m)
+    confident = result.get("confident")
+    if confident:
+        row(f"confidence >= {confident['threshold']:g}", confident)
     console.print(table)
+    if confident:
+        console.print(f"verdicts below confidence {confident['threshold']:g} (a hybrid judge asks its LLM about "
+                      f"these): {confident['share_below']:.1%}")
     first = result["first_action_agreement"]
     rate = "n/a" if first["rate"] is None else f"{first['rate']:.3f}"
     votes = "n/a" if result["vote_agreement"] is None else f"{result['vote_agreement']:.3f}"

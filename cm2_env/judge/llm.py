@@ -73,9 +73,7 @@ def render_item(item: ChecklistItem) -> str:
 def build_prompt(request: JudgeRequest, items: Sequence[ChecklistItem]) -> list[dict[str, str]]:
     """The chat messages asking about ``items`` (one item: the single format; several: the batch format)."""
     current = list(request.current)
-    last_assistant = next((m for m in reversed(current) if m.get("role") == "assistant"), None)
-    complete = last_assistant is not None and not last_assistant.get("tool_calls")
-    state = ("complete: the assistant has given its final reply" if complete
+    state = ("complete: the assistant has given its final reply" if request.turn_complete
              else "in progress: the assistant may still act before replying")
     history = [m for m in request.history if m.get("role") != "system"]
     system = [m for m in request.history if m.get("role") == "system"]

@@ -29,40 +29,20 @@ from __future__ import annotations
 
 import json
 import re
-from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any
 
 from cm2_env.data.models import ChecklistItem
 from cm2_env.data.turns import render_tool_calls
 from cm2_env.judge.base import JudgeRequest, Verdict
+from cm2_env.judge.rule_replies import Decision, avoid_statements, text_item
 from cm2_env.judge.transcript_view import TurnView
-from cm2_env.judge.values import facts, leaf_pairs, parse_fragment, values_agree, words
+from cm2_env.judge.values import (content_words, facts, facts_and_rest, leaf_pairs, parse_fragment,
+                                  time_variant_present, values_agree, words)
 
 _NEGATIVE = re.compile(r"\b(avoid|avoided|refrain|refrained|hold off|abstain)\b", re.IGNORECASE)
 _INVENTED = re.compile(r"\b(guess|guessed|invent|invented|made-up|made up|not (?:yet )?(?:provided|given|specified|"
                        r"supplied|chosen|identified|approved)|never provided|never gave)\b", re.IGNORECASE)
-#: a reply that requests something: a question, or a request phrased as a statement ("I need your password")
-_REQUEST = re.compile(r"\?|\b(?:need|needs|require|requires|please (?:enter|provide|give|send|tell|share|confirm|"
-                      r"choose|specify)|let me know)\b", re.IGNORECASE)
-_CLAIM = re.compile(r"\b(claim|claiming|already)\b", re.IGNORECASE)
 _ID_KEY = re.compile(r"(^|_)(id|token)s?$", re.IGNORECASE)
-_STOP = set("""a an the did does do was were is are has have had assistant reply user users agent tool tools their
-they them it its this that these those of to for in on at by with from and or as be been being any all about
-into than then there what which who whom whose when where how if so such also only both either each other
-ask asked tell told say said state stated mention mentioned confirm confirmed report reported provide provided
-give gave given let inform informed whether""".split())
-
-
-#: stems too common in checklist questions to show that a reply addresses the item
-_GENERIC = {"assis", "reply", "user", "confi", "wheth", "state", "menti", "corre"}
-
-
-@dataclass(frozen=True)
-class Decision:
-    passed: bool
-    confidence: float
-    rule: str
-    why: str = ""
 
 
 class RuleJudge:
@@ -84,7 +64,7 @@ class RuleJudge:
         for item in request.items:
             self._counts["items"] += 1
             try:
-                decision = decide(item, view, _turn_items(request, item))
+                decision = decide(item, view)
             except Exception as exc:  # a rule bug must not crash an episode; say so instead
                 self._counts["errors"] += 1
                 out[item.id] = Verdict(item.id, None, "rule", error=f"rule judge failed: {exc!r}")
@@ -97,39 +77,24 @@ class RuleJudge:
         return dict(self._counts)
 
 
-def _turn_items(request: JudgeRequest, item: ChecklistItem) -> list[ChecklistItem]:
-    """The items of the checklist variant the requested item belongs to (for its dependencies)."""
-    for variant in request.dialogue.checklists:
-        if request.turn < len(variant) and any(other == item for other in variant[request.turn]):
-            return list(variant[request.turn])
-    return list(request.items)
-
-
 def is_avoid_item(item: ChecklistItem) -> bool:
     """An "avoid X / refrain from X" item: satisfied by the absence of something, so decidable at turn end."""
     return bool(_NEGATIVE.search(item.question))
 
 
-def decide(item: ChecklistItem, view: TurnView, turn_items: Sequence[ChecklistItem] = ()) -> Decision:
+def decide(item: ChecklistItem, view: TurnView) -> Decision:
     """The rule verdict on one item for the transcript prefix in ``view``."""
     if is_avoid_item(item):
         if not view.final:
             return Decision(False, 0.9, "avoid:pending", "avoid-items are decided when the turn has its reply")
         if item.focus_on == "assistant.tool_calls":
             return _avoid_calls(item, view)
-        return _avoid_statements(item, view)
+        return avoid_statements(item, view)
     if item.focus_on == "assistant.tool_calls":
         return _tool_call_item(item, view)
     if item.focus_on == "tool.content":
         return _tool_result_item(item, view)
-    decision = _text_item(item, view)
-    if decision.passed:
-        by_id = {other.id: other for other in turn_items}
-        for dep in item.dependence:
-            other = by_id.get(dep)
-            if other is not None and not _tool_result_item(other, view).passed:
-                return Decision(False, 0.7, "text:dependency", f"prerequisite {dep} is not met")
-    return decision
+    return text_item(item, view)
 
 
 # -- tool calls --------------------------------------------------------------------------------------------
@@ -172,10 +137,6 @@ def _mentions_key(key: str, text: str) -> bool:
         "_" in key and key.replace("_", " ").lower() in text.lower())
 
 
-def _content_words(text: str) -> set[str]:
-    return {w[:5] for w in words(text) if w not in _STOP and len(w) > 2}
-
-
 def _mentions_value(value: Any, text: str) -> bool:
     if isinstance(value, list):
         return any(_mentions_value(v, text) for v in value)
@@ -184,7 +145,7 @@ def _mentions_value(value: Any, text: str) -> bool:
     shown = str(value)
     if facts(shown) & facts(text):
         return True
-    return len(shown) >= 2 and (shown.lower() in text.lower() or bool(_content_words(shown) & _content_words(text)))
+    return len(shown) >= 2 and (shown.lower() in text.lower() or bool(content_words(shown) & content_words(text)))
 
 
 def _agrees_as_asked(expected: Any, actual: Any, asked: str) -> bool:
@@ -200,16 +161,21 @@ def _agrees_as_asked(expected: Any, actual: Any, asked: str) -> bool:
         return all(any(_agrees_as_asked(e, a, asked) for a in actual_list) for e in mentioned)
     if not isinstance(expected, str) or not isinstance(actual, str):
         return False
-    expected_facts = facts(expected)
-    if expected_facts:
-        needed = (expected_facts & facts(asked)) or expected_facts
-        got = facts(actual)
-        return all(f in got or (f[0] == "T" and _time_variant_present(f, got)) for f in needed)
-    if len(words(expected)) < 3:
+    expected_facts, expected_rest = facts_and_rest(expected)
+    actual_facts, actual_rest = facts_and_rest(actual)
+    needed = (expected_facts & facts(asked)) or expected_facts
+    if not all(f in actual_facts or (f[0] == "T" and time_variant_present(f, actual_facts)) for f in needed):
+        return False
+    expected_words = content_words(expected_rest)
+    if expected_facts and not expected_words:
+        # a pure value (date-time, number, e-mail, identifier): the asked parts must be there and nothing but
+        # values may be -- a value with words appended is another value
+        return not set(words(actual_rest)) - set(words(asked))
+    if len(words(expected)) < 3 and not expected_facts:
         return False  # a name, password or title: only an equal value agrees (values_agree above)
-    needed_words = (_content_words(expected) & _content_words(asked)) or _content_words(expected)
-    got_words = _content_words(actual)
-    return bool(needed_words) and len(needed_words & got_words) >= 0.6 * len(needed_words)
+    # free text (a title, a message body): paraphrase and elaboration are fine, the asked words must be there
+    needed_words = (expected_words & content_words(asked)) or expected_words
+    return bool(needed_words) and len(needed_words & content_words(actual_rest)) >= 0.6 * len(needed_words)
 
 
 def _call_agrees(call: tuple[str, Any], name: str, key_args: dict[str, Any], asked: str = "") -> bool:
@@ -221,36 +187,25 @@ def _call_agrees(call: tuple[str, Any], name: str, key_args: dict[str, Any], ask
 
 def _tool_call_item(item: ChecklistItem, view: TurnView) -> Decision:
     wanted = _evidence_calls(item, view)
+    calls = view.executed_calls  # a call answered as invalid (unknown tool, schema error) did not happen
     if wanted:
         asked = f"{item.question} {item.pass_condition}"
-        missing = [(n, a) for n, a in wanted if not any(_call_agrees(c, n, a, asked) for c in view.calls)]
+        missing = [(n, a) for n, a in wanted if not any(_call_agrees(c, n, a, asked) for c in calls)]
         if not missing:
-            return Decision(True, 0.9, "calls:evidence", "a call agrees with every evidence call")
+            return Decision(True, 0.9, "calls:evidence", "an executed call agrees with every evidence call")
         name, arguments = missing[0]
-        return Decision(False, 0.85, "calls:evidence", f"no {name} call with {json.dumps(arguments)[:120]}")
-    named = _named_tools(item, view)
+        rejected = any(_call_agrees(c, name, arguments, asked) for c in view.calls)
+        why = "was rejected as invalid" if rejected else f"with {json.dumps(arguments)[:120]} was made"
+        return Decision(False, 0.85, "calls:evidence", f"no executed {name} call: the call {why}")
+    named = view.named_tools(item)
     if named:
-        hit = any(name in named for name, _ in view.calls)
-        return Decision(hit, 0.5, "calls:named", f"calls to {sorted(named)}: {hit}")
-    return Decision(bool(view.calls), 0.2, "calls:any", "no usable evidence; any call counts")
-
-
-def _named_tools(item: ChecklistItem, view: TurnView) -> set[str]:
-    """Tools the item names, or describes by their words ("creating a calendar event" -> CreateEvent)."""
-    text = " ".join([item.question, item.pass_condition, *item.failure_examples])
-    named = {name for name in view.dialogue.tool_names if re.search(rf"\b{re.escape(name)}\b", text)}
-    if named:
-        return named
-    stems = {w[:5] for w in words(item.question)}
-    for name in view.dialogue.tool_names:
-        parts = [p.lower() for p in re.findall(r"[A-Z][a-z]*|[a-z]+", name)]
-        if parts and parts[0][:5] in stems and all(p[:5] in stems for p in parts[1:] if len(p) > 3):
-            named.add(name)
-    return named
+        hit = any(name in named for name, _ in calls)
+        return Decision(hit, 0.5, "calls:named", f"executed calls to {sorted(named)}: {hit}")
+    return Decision(bool(calls), 0.2, "calls:any", "no usable evidence; any executed call counts")
 
 
 def _avoid_calls(item: ChecklistItem, view: TurnView) -> Decision:
-    targeted = _named_tools(item, view)
+    targeted = view.named_tools(item)
     about_invented = bool(_INVENTED.search(item.question + " " + item.pass_condition))
     for name, arguments in view.calls:
         if targeted and name not in targeted:
@@ -296,7 +251,7 @@ def _tool_result_item(item: ChecklistItem, view: TurnView) -> Decision:
         expects_error = any(k in ("exception", "error") and v not in (None, "", False) for k, v in leaves)
         expectations.append(((evidence.turn, evidence.step), name, pairs, expects_error))
     if not expectations:
-        named = _named_tools(item, view)
+        named = view.named_tools(item)
         hit = any(ok and (not named or name in named) for name, _, ok in view.tool_results)
         return Decision(hit, 0.3, "results:named", "no tool-result evidence; an error-free result counts")
     used: dict[tuple[int, int], int] = {}
@@ -333,52 +288,3 @@ def _result_matches(result: tuple[str, Any, bool], name: str, pairs: list[tuple[
 
 
 # -- replies and thinking -----------------------------------------------------------------------------------
-
-
-def _text_item(item: ChecklistItem, view: TurnView) -> Decision:
-    texts = [t for t in view.texts(item.focus_on) if t]
-    if not texts:
-        return Decision(False, 0.8, "text:empty", "no text yet")
-    said = " ".join(texts)
-    said_facts = facts(said)
-    asked = facts(f"{item.question} {item.pass_condition}")
-    snippets = " ".join(e.snippet for e in item.evidence if e.from_ == item.focus_on)
-    # the values the reference text stated and the item asks about; values the pass condition merely allows
-    # ("optionally restating September 28") are not required when the reference did not state them either
-    shown = facts(snippets) if snippets else asked
-    key = (shown & asked) or shown
-    key = {f for f in key if not f.startswith("N") or f[1:] not in {"0", "1", "2023"}} or key
-    if key:
-        present = {f for f in key if f in said_facts or (f[0] == "T" and _time_variant_present(f, said_facts))}
-        share = len(present) / len(key)
-        return Decision(share >= 0.99 or (share >= 0.75 and len(key) >= 4), 0.7, "text:values",
-                        f"{len(present)}/{len(key)} key values present")
-    said_stems = _content_words(said)
-    shares = [len(wanted & said_stems) / len(wanted)
-              for wanted in (_content_words(item.question) - _GENERIC, _content_words(snippets) - _GENERIC)
-              if wanted]
-    share = max(shares, default=0.0)
-    asks = item.question.lower().startswith(("did the assistant ask", "did the reply ask"))
-    passed = share >= 0.4 and (not asks or bool(_REQUEST.search(said)))
-    return Decision(passed, 0.4, "text:words", f"{share:.0%} of the item's words present")
-
-
-def _time_variant_present(token: str, said: set[str]) -> bool:
-    hour, minute = int(token[1:3]), token[4:6]
-    return f"T{(hour + 12) % 24:02d}:{minute}" in said
-
-
-def _avoid_statements(item: ChecklistItem, view: TurnView) -> Decision:
-    said = " ".join(t for t in view.texts(item.focus_on) if t)
-    ungrounded = {f for f in facts(said) - view.grounded_facts
-                  if not (f[0] == "T" and _time_variant_present(f, view.grounded_facts))}
-    ungrounded = {f for f in ungrounded if not (f[0] == "N" and len(f) <= 2)}  # small counts ("2 emails")
-    if ungrounded:
-        return Decision(False, 0.6, "avoid:facts", f"facts not in the conversation: {sorted(ungrounded)[:5]}")
-    if _CLAIM.search(item.question):
-        targeted = _named_tools(item, view)
-        done = any(ok and (not targeted or name in targeted) for name, _, ok in view.tool_results)
-        if not done and re.search(r"\b(scheduled|created|booked|added|set up|sent|deleted|updated|registered|"
-                                  r"changed|reset|is set|has been|have been|done)\b", said, re.IGNORECASE):
-            return Decision(False, 0.5, "avoid:claim", "claims an action without a successful call")
-    return Decision(True, 0.5, "avoid:facts", "every stated fact appears in the conversation")

@@ -6,13 +6,35 @@ reference turn's calls). Pure reads of a :class:`~cm2_env.judge.base.JudgeReques
 from __future__ import annotations
 
 import json
+import re
 from functools import cached_property
 from typing import Any
 
-from cm2_env.data.models import Dialogue
+from cm2_env.data.models import ChecklistItem, Dialogue
 from cm2_env.data.turns import render_tool_calls, split_think, split_turns
 from cm2_env.judge.base import JudgeRequest
-from cm2_env.judge.values import facts
+from cm2_env.judge.values import facts, words
+from cm2_env.toolcalls import parse
+
+
+def result_status(content: str) -> str:
+    """What a tool response says about its call: ``invalid`` (a JSON object with a truthy ``error``: the
+    simulator's and the environment's answer to an unknown tool, a schema violation or malformed call text -- the
+    call was not executed), ``exception`` (a truthy ``exception``: the tool ran and failed) or ``ok``."""
+    try:
+        parsed: Any = json.loads(content)
+    except ValueError:
+        return "ok"
+    if isinstance(parsed, dict) and parsed.get("error"):
+        return "invalid"
+    if isinstance(parsed, dict) and parsed.get("exception"):
+        return "exception"
+    return "ok"
+
+
+def result_ok(content: str) -> bool:
+    """Whether a tool response reports success (:func:`result_status` is ``ok``)."""
+    return result_status(content) == "ok"
 
 
 class TurnView:
@@ -27,6 +49,29 @@ class TurnView:
 
     @cached_property
     def calls(self) -> list[tuple[str, Any]]:
+        """(tool name, decoded arguments) of every call of the turn so far, in order."""
+        return [(name, arguments) for name, arguments, _ in self._calls]
+
+    @cached_property
+    def executed_calls(self) -> list[tuple[str, Any]]:
+        """The calls the tool executed: not answered as invalid (``{"error": ...}``: unknown tool, schema
+        violation, no simulator) and answered at all. A call whose tool raised a domain exception (wrong
+        password...) was executed; whether it succeeded is what tool-result items and :attr:`successful_calls`
+        tell."""
+        return [(name, arguments) for name, arguments, status in self._calls if status != "invalid"]
+
+    @cached_property
+    def successful_calls(self) -> list[tuple[str, Any]]:
+        """The executed calls whose response reports neither an error nor an exception."""
+        return [(name, arguments) for name, arguments, status in self._calls if status == "ok"]
+
+    @cached_property
+    def _calls(self) -> list[tuple[str, Any, str]]:
+        """(name, arguments, status) per call; status ok | exception | invalid (also: never answered)."""
+        status_by_id = {}
+        for message in self.messages:
+            if message.get("role") == "tool":
+                status_by_id[message.get("tool_call_id")] = result_status(message.get("content") or "")
         out = []
         for message in self.messages:
             for call in message.get("tool_calls") or []:
@@ -37,7 +82,8 @@ class TurnView:
                         arguments = json.loads(arguments) if arguments.strip() else {}
                     except ValueError:
                         pass
-                out.append((str(function.get("name", "")), arguments))
+                call_id = call.get("id") if isinstance(call, dict) else None
+                out.append((str(function.get("name", "")), arguments, status_by_id.get(call_id, "invalid")))
         return out
 
     @cached_property
@@ -57,19 +103,30 @@ class TurnView:
                 parsed: Any = json.loads(text)
             except ValueError:
                 parsed = text
-            ok = not (isinstance(parsed, dict) and (parsed.get("exception") or parsed.get("error")))
-            out.append((message.get("name") or names.get(message.get("tool_call_id"), ""), parsed, ok))
+            out.append((message.get("name") or names.get(message.get("tool_call_id"), ""), parsed, result_ok(text)))
         return out
 
     def texts(self, focus: str) -> list[str]:
-        index = 0 if focus == "assistant.content.thinking" else 1
-        return [split_think(m.get("content") or "")[index] for m in self.messages if m.get("role") == "assistant"]
+        """The reasoning (focus ``assistant.content.thinking``) or the user-visible text of each assistant message
+        of the turn, with tool-call markup removed: call text is not reply text."""
+        thinking = focus == "assistant.content.thinking"
+        out = []
+        for message in self.messages:
+            if message.get("role") == "assistant":
+                parsed = parse(message.get("content") or "")
+                out.append(parsed.thinking if thinking else parsed.content)
+        return out
 
     @cached_property
+    def user_texts(self) -> list[str]:
+        """What the user said so far: every user message of the conversation up to this turn's."""
+        return [m.get("content") or "" for m in [*self.request.history, *self.request.current[:1]]
+                if m.get("role") == "user"]
+
+    @property
     def final(self) -> bool:
-        """The turn has its final reply: the last assistant message has no tool calls."""
-        assistants = [m for m in self.messages if m.get("role") == "assistant"]
-        return bool(assistants) and not assistants[-1].get("tool_calls")
+        """The turn has its final reply (``JudgeRequest.turn_complete``)."""
+        return self.request.turn_complete
 
     @cached_property
     def grounded_facts(self) -> set[str]:
@@ -88,6 +145,44 @@ class TurnView:
             return []
         return [(c.function.name, c.function.parsed_arguments()) for a in self.reference.actions
                 for c in a.assistant.calls]
+
+    @cached_property
+    def reference_results(self) -> list[tuple[str, Any, str, bool]]:
+        """(tool, decoded arguments, response text, ok) of every call the reference made in this turn, ok = its
+        recorded response reports no error or exception."""
+        if self.reference is None:
+            return []
+        out = []
+        for action in self.reference.actions:
+            responses = {getattr(r, "tool_call_id", None): r for r in action.tool_responses}
+            for position, call in enumerate(action.assistant.calls):
+                response = responses.get(call.id)
+                if response is None and position < len(action.tool_responses):
+                    response = action.tool_responses[position]
+                text = (getattr(response, "content", None) or "") if response is not None else ""
+                out.append((call.function.name, call.function.parsed_arguments(), text,
+                            response is not None and result_ok(text)))
+        return out
+
+    @cached_property
+    def reference_reply(self) -> str:
+        """The user-visible text of the reference turn's final reply ("" when it has none)."""
+        if self.reference is None or not self.reference.ends_with_reply:
+            return ""
+        return parse(getattr(self.reference.messages[-1], "content", None) or "").content
+
+    def named_tools(self, item: ChecklistItem) -> set[str]:
+        """Tools the item names, or describes by their words ("creating a calendar event" -> CreateEvent)."""
+        text = " ".join([item.question, item.pass_condition, *item.failure_examples])
+        named = {name for name in self.dialogue.tool_names if re.search(rf"\b{re.escape(name)}\b", text)}
+        if named:
+            return named
+        stems = {w[:5] for w in words(item.question)}
+        for name in self.dialogue.tool_names:
+            parts = [p.lower() for p in re.findall(r"[A-Z][a-z]*|[a-z]+", name)]
+            if parts and parts[0][:5] in stems and all(p[:5] in stems for p in parts[1:] if len(p) > 3):
+                named.add(name)
+        return named
 
     def reference_message(self, turn: int, step: int) -> Any:
         turns = self._turns

@@ -40,6 +40,11 @@ def facts(text: str) -> set[str]:
     A clock time without am/pm and an hour <= 12 yields both readings (``T06:30`` and ``T18:30``): the rule judge
     must not fail a reply for leaving the half of the day implicit.
     """
+    return facts_and_rest(text)[0]
+
+
+def facts_and_rest(text: str) -> tuple[set[str], str]:
+    """:func:`facts` of ``text`` and the text that remains once the spans stating them are blanked out."""
     found: set[str] = set()
     rest = text or ""
     for match in _EMAIL.finditer(rest):
@@ -73,12 +78,30 @@ def facts(text: str) -> set[str]:
         rest = rest.replace(match.group(0), " ", 1)
     for match in _NUMBER.finditer(rest):
         found.add("N" + _number_token(match.group(0).replace(",", "")))
-    return found
+    return found, _NUMBER.sub(" ", rest)
 
 
 def _number_token(text: str) -> str:
     value = float(text)
     return str(int(value)) if value.is_integer() else repr(value)
+
+
+_STOP = set("""a an the did does do was were is are has have had assistant reply user users agent tool tools their
+they them it its this that these those of to for in on at by with from and or as be been being any all about
+into than then there what which who whom whose when where how if so such also only both either each other
+ask asked tell told say said state stated mention mentioned confirm confirmed report reported provide provided
+give gave given let inform informed whether""".split())
+
+
+def content_words(text: str) -> set[str]:
+    """The 5-letter stems of the words of ``text`` that carry content (no stop words, longer than 2 letters)."""
+    return {w[:5] for w in words(text) if w not in _STOP and len(w) > 2}
+
+
+def time_variant_present(token: str, said: set[str]) -> bool:
+    """Whether the other half-of-day reading of time token ``token`` (``T06:30`` <-> ``T18:30``) is in ``said``."""
+    hour, minute = int(token[1:3]), token[4:6]
+    return f"T{(hour + 12) % 24:02d}:{minute}" in said
 
 
 def words(text: str) -> list[str]:
@@ -100,7 +123,7 @@ def _as_datetime(value: str) -> datetime | None:
 
 def is_free_text(value: Any) -> bool:
     """Prose (a message body, a description) rather than a value: compared by word overlap, not equality."""
-    return isinstance(value, str) and len(words(value)) >= 6
+    return isinstance(value, str) and sum(not w.isdigit() for w in words(value)) >= 6
 
 
 def values_agree(expected: Any, actual: Any) -> bool:
@@ -136,9 +159,19 @@ def values_agree(expected: Any, actual: Any) -> bool:
     if when_expected is not None and when_actual is not None:
         return when_expected == when_actual
     if is_free_text(expected_text):
-        expected_words, actual_words = set(words(expected_text)), set(words(actual_text))
-        return len(expected_words & actual_words) >= 0.5 * len(expected_words)
+        return texts_overlap(expected_text, actual_text)
     return False
+
+
+def texts_overlap(expected: str, actual: str, share: float = 0.5) -> bool:
+    """Paraphrase-tolerant agreement of two free texts: at least ``share`` of the expected words are in the actual
+    text AND at least ``share`` of the actual words are expected -- so a text padded with unrelated words, or a
+    text that drops most of the expected one, does not agree."""
+    expected_words, actual_words = set(words(expected)), set(words(actual))
+    if not expected_words or not actual_words:
+        return expected_words == actual_words
+    common = len(expected_words & actual_words)
+    return common >= share * len(expected_words) and common >= share * len(actual_words)
 
 
 def leaf_pairs(value: Any, key: str = "") -> Iterator[tuple[str, Any]]:

@@ -3,17 +3,25 @@
 Contract: :class:`HybridToolSimulator` opens one :class:`HybridEpisode` per episode. ``await
 episode.execute(name, arguments, turn=t)`` answers one call, in this order:
 
-1. **replay** - (name, canonical JSON of the arguments) equals a recorded call of the reference dialogue: the
-   recorded response. With ``lenient=True`` numbers equal numeric strings and surrounding whitespace is ignored.
+1. **replay** - (name, canonical JSON of the arguments) equals a recorded call of the reference dialogue that is
+   at or before the agent's position (below): the recorded response. With ``lenient=True`` numbers equal numeric
+   strings and surrounding whitespace is ignored.
 2. **unknown_tool** - the dialogue has no tool of that name: an error response listing the available tools.
 3. **schema_error** - the arguments violate the tool's JSON schema: an error response saying what is wrong.
 4. **llm** - an LLM (``client``) simulates the tool from few-shot examples: the dialogue's recorded calls of the
-   turns up to ``turn`` (``fewshot="prefix"``, default: no future leakage) or of all turns (``fewshot="all"``,
-   as released), plus the calls this episode already simulated. The model answers
+   recordings before the agent's position (``fewshot="prefix"``, default: no future leakage) or of all turns
+   (``fewshot="all"``, as released), plus the calls this episode already simulated. The model answers
    ``{"analysis": ..., "execution_result": ...}``; the tool response is ``execution_result``. A simulated
    response is cached per episode, so the same call gets the same answer.
    Without a client the call gets the deterministic **no_simulator** error. If the model still fails after its
    attempts (transport errors after the client's retries, or no parsable result) the source is **failed**.
+
+The agent's position: in turn t it has *reached* the reference actions of turn t that it replayed, and the one
+after the last of them (initially the turn's first action). Replay may use the recordings of earlier turns and of
+the reached actions of turn t; a call recorded several times gets the latest of those. Few-shot examples show the
+recordings of earlier turns and of the actions of turn t that the agent already replayed. So no replayed response
+or example ever shows state that the reference only creates later: a repeated read in turn 0 cannot reveal what
+turn 2 writes. A call recorded only later goes to the LLM (or gets the no-simulator error).
 
 ``execute`` never raises. Error responses are JSON objects ``{"error": "..."}``; whether an invalid call ends the
 episode (released behaviour, policy ``terminate``) or is answered and the episode goes on is the environment's
@@ -55,13 +63,15 @@ def prompt_template(name: str) -> Template:
 
 @dataclass(frozen=True)
 class RecordedCall:
-    """One call of the reference dialogue and its recorded response; ``order`` is its position in the dialogue."""
+    """One call of the reference dialogue and its recorded response; ``order`` is its position in the dialogue,
+    ``action`` the 0-based index of its reference action inside the turn."""
 
     turn: int
     order: int
     name: str
     arguments: Any
     response: str
+    action: int = 0
 
 
 def recorded_calls(dialogue: Dialogue) -> list[RecordedCall]:
@@ -81,7 +91,7 @@ def recorded_calls(dialogue: Dialogue) -> list[RecordedCall]:
                 arguments = call.function.parsed_arguments()
                 calls.append(RecordedCall(turn.index, len(calls), call.function.name,
                                           call.function.arguments if arguments is None else arguments,
-                                          response.text))
+                                          response.text, action.index - 1))
     return calls
 
 
@@ -123,7 +133,7 @@ class HybridEpisode:
         self._by_key: dict[tuple[str, str], list[RecordedCall]] = {}
         for call in self.recorded:
             self._by_key.setdefault(self._key(call.name, call.arguments), []).append(call)
-        self._replayed: set[int] = set()
+        self._reached: dict[int, int] = {}  # turn -> reference actions of that turn the agent replayed up to
         self._cache: dict[tuple[str, str], asyncio.Future[ToolResult]] = {}
         self._simulated: list[tuple[str, Any, str]] = []  # this episode's LLM answers, few-shot examples later
         self._counts: Counter[str] = Counter()
@@ -164,18 +174,22 @@ class HybridEpisode:
             return ToolResult(error_content(NO_SIMULATOR_MESSAGE), "no_simulator", "no_simulator")
         return await self._simulate_cached(name, arguments, turn)
 
+    def _visible(self, call: RecordedCall, turn: int, include_next: bool) -> bool:
+        """Whether ``call`` is at or before the agent's position in ``turn`` (module docstring)."""
+        if call.turn != turn:
+            return call.turn < turn
+        reached = self._reached.get(turn, 0)
+        return call.action < reached or (include_next and call.action == reached)
+
     def _replay(self, name: str, arguments: Any, turn: int) -> RecordedCall | None:
-        """The recorded call to replay, if any. When the same call was recorded several times (state changed in
-        between), unused ones are taken in order: the current turn's first, then earlier turns (latest first),
-        then later ones; once all were used, the most recent one repeats."""
-        matches = self._by_key.get(self._key(name, arguments))
+        """The recorded call to replay, if any: the latest identical recording at or before the agent's position
+        (the state as it stands there); replaying a call of the current turn advances the position past it."""
+        matches = [m for m in self._by_key.get(self._key(name, arguments), []) if self._visible(m, turn, True)]
         if not matches:
             return None
-        unused = [m for m in matches if m.order not in self._replayed]
-        ranked = sorted(unused, key=lambda m: (m.turn != turn, m.turn > turn, -m.turn if m.turn < turn else m.turn,
-                                               m.order))
-        chosen = ranked[0] if ranked else max(matches, key=lambda m: m.order)
-        self._replayed.add(chosen.order)
+        chosen = max(matches, key=lambda m: m.order)
+        if chosen.turn == turn:
+            self._reached[turn] = max(self._reached.get(turn, 0), chosen.action + 1)
         return chosen
 
     async def _simulate_cached(self, name: str, arguments: Any, turn: int) -> ToolResult:
@@ -225,9 +239,9 @@ class HybridEpisode:
     # -- the prompt ------------------------------------------------------------------------------------------
 
     def fewshot_examples(self, turn: int) -> list[tuple[str, Any, str]]:
-        """(name, arguments, response) examples for a call made in ``turn``: recorded calls of turns <= turn
-        (``fewshot="prefix"``) or of every turn (``"all"``), then this episode's simulated calls."""
-        recorded = [c for c in self.recorded if self.simulator.fewshot == "all" or c.turn <= turn]
+        """(name, arguments, response) examples for a call made in ``turn``: the recordings before the agent's
+        position (``fewshot="prefix"``) or every recording (``"all"``), then this episode's simulated calls."""
+        recorded = [c for c in self.recorded if self.simulator.fewshot == "all" or self._visible(c, turn, False)]
         return [(c.name, c.arguments, c.response) for c in recorded] + list(self._simulated)
 
     def prompt(self, name: str, arguments: Any, turn: int) -> list[dict[str, str]]:

@@ -1,0 +1,104 @@
+"""Reward integrity: holes through which a policy could collect checklist reward without doing the work, or see
+data it has not created yet. One regression test per hole; each failed on the code before its fix."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+
+import gymnasium as gym
+import pytest
+
+import cm2_env  # noqa: F401  (registers CM2ToolUse-v0)
+from cm2_env.data import load_dialogues
+from cm2_env.judge.base import JudgeRequest
+from cm2_env.judge.llm import build_prompt
+from cm2_env.simulator import make_simulator, recorded_calls
+
+DIALOGUES = {d.id: d for d in load_dialogues("tooltalk")}
+REGISTER = "tooltalk/AccountTools-Calendar-Weather-RegisterUser-0"
+
+
+def run(coroutine):
+    return asyncio.run(coroutine)
+
+
+# -- hole 1: a malformed call is not the end of the turn --------------------------------------------------------
+
+
+def test_a_malformed_call_is_never_a_final_reply_for_the_env_or_the_judges():
+    env = gym.make("CM2ToolUse-v0")
+    _, info = env.reset(options={"dialogue_id": REGISTER})
+    # turn 0, C1: "refrain from creating a calendar event before the user had given a meeting time" (avoid item)
+    _, _, terminated, truncated, info = env.step('<tool_call>\n{"name": "CreateEvent", "arguments": {"name": \n'
+                                                 "</tool_call>")
+    assert not (terminated or truncated) and info["turn"] == 0
+    assert info["verdicts"][0]["C1"]["passed"] is False  # an avoid item is decided at the final reply only
+    assert info["verdicts"][0]["C2"]["passed"] is False
+    request = JudgeRequest(DIALOGUES[REGISTER], 0, 1, DIALOGUES[REGISTER].checklists[0][0],
+                           info["messages"][:2], info["messages"][2:])
+    assert not request.turn_complete
+    assert "in progress" in build_prompt(request, request.items[:1])[1]["content"]
+    # the forbidden thing afterwards, then a reply: the avoid item must not have kept an earlier credit
+    env.step('<tool_call>\n{"name": "CreateEvent", "arguments": {"name": "1:1 with Olivie", "event_type": '
+             '"meeting", "start_time": "2023-09-13 10:00:00", "end_time": "2023-09-13 10:30:00"}}\n</tool_call>')
+    _, _, _, _, info = env.step("I have scheduled it.")
+    assert info["verdicts"][0]["C1"]["passed"] is False
+    env.close()
+
+
+# -- hole 2: replay never serves the future ---------------------------------------------------------------------
+
+
+def _calendar_dialogue():
+    """Turn 0 reads an empty calendar; turn 1 creates an event; turn 2 reads it back with the same call."""
+    query = {"start_time": "2023-09-12 00:00:00", "end_time": "2023-09-12 23:59:59"}
+    create = {"name": "Sync", "start_time": "2023-09-12 10:00:00", "end_time": "2023-09-12 11:00:00"}
+    tools = [{"type": "function", "function": {"name": name, "parameters": {"type": "object", "properties": {
+        k: {"type": "string"} for k in args}, "required": list(args)}}} for name, args in
+        (("QueryCalendar", query), ("CreateEvent", create))]
+
+    def call(i, name, args, result):
+        return [{"role": "assistant", "content": "", "tool_calls": [{"id": f"c{i}", "type": "function", "function": {
+            "name": name, "arguments": json.dumps(args)}}]},
+            {"role": "tool", "tool_call_id": f"c{i}", "name": name, "content": json.dumps(result)}]
+
+    messages = [{"role": "user", "content": "What is on my calendar on Sept 12?"},
+                *call(0, "QueryCalendar", query, {"events": []}), {"role": "assistant", "content": "Nothing."},
+                {"role": "user", "content": "Add a Sync at 10."},
+                *call(1, "CreateEvent", create, {"event_id": "e-1"}), {"role": "assistant", "content": "Added."},
+                {"role": "user", "content": "And now?"},
+                *call(2, "QueryCalendar", query, {"events": [{"name": "Sync", "event_id": "e-1"}]}),
+                {"role": "assistant", "content": "The Sync at 10."}]
+    return load_dialogues([{"id": "calendar", "tools": tools, "messages": messages}])[0], query, create
+
+
+def test_a_repeated_read_gets_the_state_at_the_agents_position_not_a_later_turns():
+    dialogue, query, create = _calendar_dialogue()
+    episode = make_simulator("replay").start_episode(dialogue)
+    first = run(episode.execute("QueryCalendar", query, turn=0))
+    again = run(episode.execute("QueryCalendar", query, turn=0))
+    assert json.loads(first.content) == json.loads(again.content) == {"events": []}
+    assert run(episode.execute("CreateEvent", create, turn=1)).source == "replay"
+    later = run(episode.execute("QueryCalendar", query, turn=2))
+    assert json.loads(later.content)["events"][0]["event_id"] == "e-1"
+
+
+def test_a_call_recorded_only_in_a_later_turn_is_not_replayed_early():
+    dialogue = DIALOGUES[REGISTER]
+    later = [c for c in recorded_calls(dialogue) if c.turn > 0]
+    episode = make_simulator("replay").start_episode(dialogue)
+    result = run(episode.execute(later[0].name, later[0].arguments, turn=0))
+    assert result.source == "no_simulator" and result.content != later[0].response
+
+
+def test_the_fewshot_examples_never_show_the_current_turns_later_reference_calls():
+    dialogue, query, create = _calendar_dialogue()
+    simulator = make_simulator("replay")
+    simulator.fewshot = "prefix"
+    episode = simulator.start_episode(dialogue)
+    prompt = episode.prompt("QueryCalendar", {"start_time": "x", "end_time": "y"}, 0)[1]["content"]
+    assert "events" not in prompt  # turn 0's own recording is not reached yet, later ones never
+    run(episode.execute("QueryCalendar", query, turn=0))
+    prompt = episode.prompt("QueryCalendar", {"start_time": "x", "end_time": "y"}, 0)[1]["content"]
+    assert '"events": []' in prompt and "e-1" not in prompt
