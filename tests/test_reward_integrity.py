@@ -38,7 +38,7 @@ def test_a_malformed_call_is_never_a_final_reply_for_the_env_or_the_judges():
     request = JudgeRequest(DIALOGUES[REGISTER], 0, 1, DIALOGUES[REGISTER].checklists[0][0],
                            info["messages"][:2], info["messages"][2:])
     assert not request.turn_complete
-    assert "in progress" in build_prompt(request, request.items[:1])[1]["content"]
+    assert "in progress" in build_prompt(request, request.items[:1])[0][1]["content"]
     # the forbidden thing afterwards, then a reply: the avoid item must not have kept an earlier credit
     env.step('<tool_call>\n{"name": "CreateEvent", "arguments": {"name": "1:1 with Olivie", "event_type": '
              '"meeting", "start_time": "2023-09-13 10:00:00", "end_time": "2023-09-13 10:30:00"}}\n</tool_call>')
@@ -102,3 +102,107 @@ def test_the_fewshot_examples_never_show_the_current_turns_later_reference_calls
     run(episode.execute("QueryCalendar", query, turn=0))
     prompt = episode.prompt("QueryCalendar", {"start_time": "x", "end_time": "y"}, 0)[1]["content"]
     assert '"events": []' in prompt and "e-1" not in prompt
+
+
+# -- hole 4: the LLM judge sees all the evidence and keeps its answers ----------------------------------------
+
+
+def _judge_request(tool_output: str):
+    from cm2_env.data import split_turns
+
+    dialogue = DIALOGUES[REGISTER]
+    turn = split_turns(dialogue.messages)[0]
+    history = [m.model_dump(mode="json", exclude_none=True) for m in dialogue.messages[:turn.start]]
+    current = [turn.messages[0].model_dump(mode="json", exclude_none=True),
+               {"role": "assistant", "content": "", "tool_calls": [{"id": "c1", "type": "function", "function": {
+                   "name": "QueryCalendar", "arguments": "{}"}}]},
+               {"role": "tool", "tool_call_id": "c1", "name": "QueryCalendar", "content": tool_output},
+               {"role": "assistant", "content": "Done."}]
+    return JudgeRequest(dialogue, 0, 2, dialogue.checklist()[0][:1], history, current)
+
+
+def _llm_judge(server, **options):
+    from cm2_env.judge import LLMChecklistJudge
+    from cm2_env.llm import make_client
+
+    return LLMChecklistJudge(make_client(server.spec, role="judge", max_retries=0, timeout_s=10), **options)
+
+
+def _verdict(answer: bool) -> str:
+    return json.dumps({"evidence_analysis": "", "focus_analysis": "", "pass_analysis": "", "failure_analysis": "",
+                       "answer": answer})
+
+
+def test_a_fact_late_in_a_long_tool_output_reaches_the_llm_judge():
+    from tests.support.scripted_server import ScriptedServer
+
+    output = json.dumps({"events": ["filler " * 2000, "THE-LATE-FACT"]})
+    with ScriptedServer(lambda body: _verdict(True)) as server:
+        judge = _llm_judge(server)
+        run(judge.judge(_judge_request(output)))
+        prompt = server.requests[0]["messages"][-1]["content"]
+    assert "THE-LATE-FACT" in prompt and "characters cut" not in prompt
+    assert judge.usage()["cuts"] == 0
+
+
+def test_a_prompt_over_the_budget_is_cut_with_a_marker_and_counted():
+    from tests.support.scripted_server import ScriptedServer
+
+    output = json.dumps({"events": ["filler " * 2000, "THE-LATE-FACT"]})
+    with ScriptedServer(lambda body: _verdict(True)) as server:
+        judge = _llm_judge(server, max_prompt_chars=12_000)
+        run(judge.judge(_judge_request(output)))
+        messages = server.requests[0]["messages"]
+    assert sum(len(m["content"]) for m in messages) <= 12_000
+    assert "characters cut to fit the judge's prompt budget" in messages[-1]["content"]
+    assert "THE-LATE-FACT" in messages[-1]["content"]  # a cut keeps the start and the end of a text
+    assert judge.usage()["cuts"] == 1
+
+
+def test_the_judge_prompt_states_the_papers_decision_rule_and_requests_leave_room_for_reasoning():
+    from tests.support.scripted_server import ScriptedServer
+
+    with ScriptedServer(lambda body: _verdict(True)) as server:
+        run(_llm_judge(server).judge(_judge_request("{}")))
+        body = server.requests[0]
+    system = body["messages"][0]["content"]
+    assert "answer true only if all three hold" in system
+    assert "pass condition is fully met" in system and "none of its typical failures applies" in system
+    assert body["max_tokens"] >= 4096 and body["top_p"] == 0.8 and body["temperature"] == 0.6
+    assert body["response_format"]["type"] == "json_schema"
+    assert body["response_format"]["json_schema"]["schema"]["properties"]["answer"] == {"type": "boolean"}
+
+
+def test_a_server_without_structured_output_still_gets_an_answer_from_the_text():
+    from tests.support.scripted_server import Fault, ScriptedServer
+
+    def responder(body):
+        if "response_format" in body:
+            return Fault.http(400, message="response_format json_schema is not supported")
+        return "Sure. " + _verdict(True)
+
+    with ScriptedServer(responder) as server:
+        verdicts = run(_llm_judge(server).judge(_judge_request("{}")))
+    assert next(iter(verdicts.values())).passed is True
+
+
+def test_an_unparsable_answer_is_not_cached_for_the_next_episode():
+    from tests.support.scripted_server import ScriptedServer
+
+    answers = iter(["no json here", "still none", _verdict(True)])
+    with ScriptedServer(lambda body: next(answers)) as server:
+        judge = _llm_judge(server, attempts=2)
+        first = run(judge.judge(_judge_request("{}")))
+        second = run(judge.judge(_judge_request("{}")))
+    assert next(iter(first.values())).passed is None
+    assert next(iter(second.values())).passed is True  # asked again, not served the cached failure
+    assert len(server.requests) == 3
+
+
+def test_an_answer_inside_an_unclosed_think_block_is_not_read_as_the_verdict():
+    from tests.support.scripted_server import ScriptedServer
+
+    with ScriptedServer(lambda body: "<think>Maybe " + _verdict(True) + " but let me check the") as server:
+        verdicts = run(_llm_judge(server, attempts=1).judge(_judge_request("{}")))
+    verdict = next(iter(verdicts.values()))
+    assert verdict.passed is None and "unparsable" in verdict.error

@@ -7,7 +7,8 @@
 - ``"hybrid:openai:URL#model"``: :class:`HybridJudge` (rules where confident, the LLM otherwise);
 - a :class:`ChecklistJudge` object: returned as is.
 
-Options: ``votes``, ``batch_items``, ``temperature``, ``sampling``, ``attempts`` (LLM judge), ``threshold``
+Options: ``votes``, ``batch_items``, ``temperature``, ``top_p``, ``sampling``, ``attempts``, ``max_prompt_chars``,
+``structured`` (LLM judge), ``threshold``
 (hybrid), ``llm_options`` (passed to ``cm2_env.llm.make_client``), ``client`` (an existing ChatClient).
 """
 
@@ -26,7 +27,8 @@ __all__ = [
     "aggregate_verdicts", "judge_variants", "make_judge",
 ]
 
-_LLM_OPTIONS = ("votes", "batch_items", "temperature", "sampling", "attempts", "seed", "cache_size")
+_LLM_OPTIONS = ("votes", "batch_items", "temperature", "top_p", "sampling", "attempts", "seed", "cache_size",
+                "max_prompt_chars", "structured")
 
 
 def make_judge(spec: Any = "rule", **options: Any) -> ChecklistJudge:

@@ -29,12 +29,15 @@ def judge() -> None:
 @click.option("--votes", type=int, default=1, show_default=True, help="LLM judge: votes per question")
 @click.option("--batch-items", is_flag=True, help="LLM judge: all items of an action in one request")
 @click.option("--temperature", type=float, default=None, help="LLM judge sampling temperature (default 0.6)")
+@click.option("--top-p", type=float, default=None, help="LLM judge nucleus sampling (default 0.8, as released)")
+@click.option("--max-prompt-chars", type=click.IntRange(min=1000), default=None,
+              help="LLM judge prompt budget in characters (default: no limit; longer prompts are cut, marked)")
 @click.option("--threshold", type=float, default=0.85, show_default=True,
               help="rule confidence a hybrid judge keeps (also the confident slice of the report)")
 @click.option("--concurrency", type=int, default=16, show_default=True, help="candidates judged at once")
 def eval_command(judge_spec: str, calibration_path: str | None, dialogues: str, as_json: bool, limit: int | None,
-                 votes: int, batch_items: bool, temperature: float | None, threshold: float,
-                 concurrency: int) -> None:
+                 votes: int, batch_items: bool, temperature: float | None, top_p: float | None,
+                 max_prompt_chars: int | None, threshold: float, concurrency: int) -> None:
     """Run a judge on every calibration candidate, judging after every action as in training (sticky), and
     report accuracy, precision/recall of "pass", per focus and per candidate kind, first-action agreement,
     vote agreement, LLM calls and tokens."""
@@ -51,7 +54,8 @@ def eval_command(judge_spec: str, calibration_path: str | None, dialogues: str, 
         cases = cases[:limit]
     options: dict[str, Any] = {}
     if judge_spec.strip() != "rule":
-        options = {"votes": votes, "batch_items": batch_items, "temperature": temperature}
+        options = {"votes": votes, "batch_items": batch_items, "temperature": temperature, "top_p": top_p,
+                   "max_prompt_chars": max_prompt_chars}
         if judge_spec.startswith("hybrid:"):
             options["threshold"] = threshold
     try:

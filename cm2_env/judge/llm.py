@@ -13,7 +13,16 @@ The model answers strict JSON with four short analysis strings and a boolean ``a
   concurrent askers, for the judge's lifetime (bounded by ``cache_size``).
 - ``attempts``: how often a question is asked again when the answer is not parsable (released: 2); a question
   that still has no answer (or whose transport failed after the client's retries) gives
-  ``Verdict(passed=None, error=...)`` - the environment marks the episode failed.
+  ``Verdict(passed=None, error=...)`` - the environment marks the episode failed. Failures are never cached:
+  the next episode with the same prefix asks again.
+- Nothing of the transcript is cut by default: a fact late in a long tool output reaches the judge. With
+  ``max_prompt_chars`` set, a prompt over that budget has its longest message texts shortened (each keeps its
+  start and end around an explicit ``[... N characters cut ...]`` marker) until it fits; ``usage()["cuts"]``
+  counts the prompts that were cut.
+- Sampling defaults (:data:`DEFAULT_SAMPLING`): the released temperature 0.6 and top_p 0.8, and room for a
+  reasoning judge's thinking (``max_tokens`` 8192). Requests carry a JSON-schema ``response_format``; the client
+  resends without it to servers that reject it, and the answer is then read from the text. A reasoning
+  model's ``<think>`` block -- closed or cut off -- is never read as the answer.
 """
 
 from __future__ import annotations
@@ -31,8 +40,18 @@ from cm2_env.data.turns import render_tool_calls, split_think
 from cm2_env.judge.base import JudgeRequest, Verdict
 
 ANALYSIS_FIELDS = ("evidence_analysis", "focus_analysis", "pass_analysis", "failure_analysis")
-#: Released judge sampling (temperature 0.6); max_tokens bounds a runaway answer.
-DEFAULT_SAMPLING: dict[str, Any] = {"temperature": 0.6, "max_tokens": 1024}
+#: Released judge sampling (temperature 0.6, top_p 0.8); max_tokens leaves a reasoning judge (the paper's
+#: Qwen3-30B-A3B thinks before it answers) room to finish, and still bounds a runaway answer.
+DEFAULT_SAMPLING: dict[str, Any] = {"temperature": 0.6, "top_p": 0.8, "max_tokens": 8192}
+_VERDICT_PROPERTIES = {**{name: {"type": "string"} for name in ANALYSIS_FIELDS}, "answer": {"type": "boolean"}}
+#: The JSON schemas of the two answer formats (sent as ``response_format``; servers without it get the text).
+SINGLE_SCHEMA: dict[str, Any] = {"type": "object", "properties": _VERDICT_PROPERTIES,
+                                 "required": [*ANALYSIS_FIELDS, "answer"], "additionalProperties": False}
+BATCH_SCHEMA: dict[str, Any] = {
+    "type": "object", "required": ["verdicts"], "additionalProperties": False,
+    "properties": {"verdicts": {"type": "array", "items": {
+        "type": "object", "properties": {"id": {"type": "string"}, **_VERDICT_PROPERTIES},
+        "required": ["id", *ANALYSIS_FIELDS, "answer"], "additionalProperties": False}}}}
 
 
 @lru_cache(maxsize=None)
@@ -41,8 +60,9 @@ def prompt_template(name: str) -> Template:
     return Template((resources.files("cm2_env.judge") / "prompts" / f"{name}.txt").read_text(encoding="utf-8"))
 
 
-def render_transcript(messages: Sequence[dict[str, Any]], max_chars: int = 3000) -> str:
-    """Messages as labelled text blocks: reasoning, tool calls and replies of the assistant kept apart."""
+def render_judge_transcript(messages: Sequence[dict[str, Any]], max_chars: int | None = None) -> str:
+    """Messages as labelled text blocks for the judge: reasoning, tool calls and replies of the assistant kept
+    apart. ``max_chars`` (None: no limit) shortens each text to that many characters with a visible marker."""
     lines = []
     for message in messages:
         role = message.get("role")
@@ -70,18 +90,42 @@ def render_item(item: ChecklistItem) -> str:
                                               failure_examples=failures, evidence=evidence).strip()
 
 
-def build_prompt(request: JudgeRequest, items: Sequence[ChecklistItem]) -> list[dict[str, str]]:
-    """The chat messages asking about ``items`` (one item: the single format; several: the batch format)."""
+def build_prompt(request: JudgeRequest, items: Sequence[ChecklistItem],
+                 max_prompt_chars: int | None = None) -> tuple[list[dict[str, str]], bool]:
+    """``(messages, cut)``: the chat messages asking about ``items`` (one item: the single format; several: the
+    batch format), and whether message texts had to be shortened to fit ``max_prompt_chars`` (None: never)."""
     current = list(request.current)
     state = ("complete: the assistant has given its final reply" if request.turn_complete
              else "in progress: the assistant may still act before replying")
     history = [m for m in request.history if m.get("role") != "system"]
     system = [m for m in request.history if m.get("role") == "system"]
     template = prompt_template("single" if len(items) == 1 else "batch")
-    user = template.substitute(history=render_transcript([*system, *history]), current=render_transcript(current),
-                               turn_state=state, items="\n\n".join(render_item(i) for i in items))
-    return [{"role": "system", "content": prompt_template("system").template.strip()},
-            {"role": "user", "content": user}]
+    system_prompt = prompt_template("system").template.strip()
+    rendered_items = "\n\n".join(render_item(i) for i in items)
+
+    def messages(limit: int | None) -> list[dict[str, str]]:
+        user = template.substitute(history=render_judge_transcript([*system, *history], limit),
+                                   current=render_judge_transcript(current, limit), turn_state=state,
+                                   items=rendered_items)
+        return [{"role": "system", "content": system_prompt}, {"role": "user", "content": user}]
+
+    full = messages(None)
+    if max_prompt_chars is None or _length(full) <= max_prompt_chars:
+        return full, False
+    # the largest per-text limit that fits (binary search); the shortest texts stay whole
+    longest = max((len(m.get("content") or "") for m in [*request.history, *current]), default=0)
+    low, high = 0, longest
+    while low < high:
+        middle = (low + high + 1) // 2
+        if _length(messages(middle)) <= max_prompt_chars:
+            low = middle
+        else:
+            high = middle - 1
+    return messages(low), True
+
+
+def _length(messages: Sequence[dict[str, str]]) -> int:
+    return sum(len(m["content"]) for m in messages)
 
 
 def parse_verdicts(parsed: Any, item_ids: Sequence[str]) -> dict[str, tuple[bool, dict[str, Any]]]:
@@ -125,22 +169,30 @@ class LLMChecklistJudge:
     name = "llm"
 
     def __init__(self, client: Any, *, votes: int = 1, batch_items: bool = False, temperature: float | None = None,
-                 sampling: dict[str, Any] | None = None, attempts: int = 2, seed: int = 0,
-                 cache_size: int = 100_000) -> None:
+                 top_p: float | None = None, sampling: dict[str, Any] | None = None, attempts: int = 2,
+                 seed: int = 0, cache_size: int = 100_000, max_prompt_chars: int | None = None,
+                 structured: bool = True) -> None:
         if votes < 1:
             raise ValueError(f"votes must be >= 1, got {votes}")
+        if max_prompt_chars is not None and max_prompt_chars < 1:
+            raise ValueError(f"max_prompt_chars must be a positive number of characters or None, got {max_prompt_chars}")
         self.client = client
         self.votes = votes
         self.batch_items = batch_items
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
         if temperature is not None:
             self.sampling["temperature"] = temperature
+        if top_p is not None:
+            self.sampling["top_p"] = top_p
         self.attempts = max(1, attempts)
         self.seed = seed
         self.cache_size = cache_size
+        self.max_prompt_chars = max_prompt_chars
+        self.structured = structured
         self._cache: OrderedDict[str, asyncio.Future[dict]] = OrderedDict()
         self._counts = {"requests": 0, "items": 0, "llm_calls": 0, "cache_hits": 0, "prompt_tokens": 0,
-                        "completion_tokens": 0, "parse_failures": 0, "transport_failures": 0, "errors": 0}
+                        "completion_tokens": 0, "parse_failures": 0, "transport_failures": 0, "errors": 0,
+                        "cuts": 0}
 
     async def judge(self, request: JudgeRequest) -> dict[str, Verdict]:
         self._counts["requests"] += 1
@@ -174,7 +226,9 @@ class LLMChecklistJudge:
 
     async def _vote(self, request: JudgeRequest, items: list[ChecklistItem], vote: int) -> dict:
         """{"verdicts": {id: (answer, details)}, "error": str|None} for one vote on a group of items."""
-        messages = build_prompt(request, items)
+        messages, cut = build_prompt(request, items, self.max_prompt_chars)
+        if cut:
+            self._counts["cuts"] += 1
         ids = [item.id for item in items]
         verdicts: dict[str, tuple[bool, dict]] = {}
         error = None
@@ -210,16 +264,20 @@ class LLMChecklistJudge:
             self._cache.pop(key, None)
             future.cancel()
             raise
-        if answer.get("transport"):
-            self._cache.pop(key, None)  # a failed transport is not an answer; a later episode may ask again
+        if answer.get("error"):
+            self._cache.pop(key, None)  # a failure is not an answer: a later episode with this prefix asks again
         future.set_result(answer)
         return answer
 
     async def _ask(self, messages: list[dict[str, str]], sampling: dict[str, Any], ids: list[str]) -> dict:
         from cm2_env.llm import LLMError, extract_json
 
+        schema = SINGLE_SCHEMA if len(ids) == 1 else BATCH_SCHEMA
+        name = "checklist_verdict" if len(ids) == 1 else "checklist_verdicts"
+        response_format = {"type": "json_schema", "json_schema": {"name": name, "schema": schema}} \
+            if self.structured else None
         try:
-            result = await self.client.chat(messages, **sampling)
+            result = await self.client.chat(messages, response_format=response_format, **sampling)
         except LLMError as exc:
             self._counts["transport_failures"] += 1
             return {"error": f"judge LLM call failed: {exc}"[:500], "transport": True}
@@ -230,12 +288,19 @@ class LLMChecklistJudge:
         usage = getattr(result, "usage", None) or {}
         self._counts["prompt_tokens"] += int(usage.get("prompt_tokens", 0) or 0)
         self._counts["completion_tokens"] += int(usage.get("completion_tokens", 0) or 0)
-        verdicts = parse_verdicts(extract_json(result.text or ""), ids)
+        parsed = result.parsed if getattr(result, "parsed", None) is not None else extract_json(result.text or "")
+        verdicts = parse_verdicts(parsed, ids)
         if not verdicts:
             self._counts["parse_failures"] += 1
             return {"error": f"unparsable judge answer: {(result.text or '')[:120]!r}", "verdicts": {}}
         return {"verdicts": verdicts, "error": None}
 
 
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + " ...(truncated)"
+def _cut(text: str, limit: int | None) -> str:
+    """``text``, or when longer than ``limit`` its start and end around a marker saying how much was cut."""
+    if limit is None or len(text) <= limit:
+        return text
+    marker = f" [... {len(text) - limit} characters cut to fit the judge's prompt budget ...] "
+    head = max(0, (limit * 2) // 3)
+    tail = max(0, limit - head)
+    return text[:head] + marker + (text[-tail:] if tail else "")

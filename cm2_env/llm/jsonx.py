@@ -3,7 +3,10 @@
 Contract: ``extract_json(text)`` returns the first JSON value it can recover from ``text`` or ``None``; it never
 raises, whatever the input (garbage, huge, deeply nested, not a string). Recovery order:
 
-1. the whole text (after dropping closed ``<think>...</think>`` blocks) parsed as JSON;
+1. the whole text parsed as JSON, once reasoning is dropped: closed ``<think>...</think>`` blocks; a text that
+   opens with an unclosed ``<think>`` is all reasoning (a model cut off mid-thought has given no answer: None);
+   a text that does not start with JSON but holds a ``</think>`` keeps what follows the last one (templates that
+   open the block in the prompt);
 2. the body of each Markdown code fence (```` ```json ... ``` ```` or a bare fence), in order;
 3. the first ``{...}`` or ``[...]`` that parses, scanning left to right (prose before and after is ignored);
 4. steps 2-3 again with trailing commas before ``}``/``]`` removed (a common LLM slip).
@@ -63,6 +66,16 @@ def _search(text: str) -> Any:
     return _first_container(text)
 
 
+def _without_reasoning(text: str) -> str:
+    text = _THINK.sub("", text)
+    head = text.lstrip()
+    if head.startswith("<think>"):
+        return ""
+    if "</think>" in text and not head.startswith(("{", "[")):
+        return text.rsplit("</think>", 1)[1]
+    return text
+
+
 def extract_json(text: Any) -> Any:
     """Return the first JSON value recoverable from ``text`` (see the module docstring), else ``None``."""
     try:
@@ -70,7 +83,7 @@ def extract_json(text: Any) -> Any:
             text = bytes(text).decode("utf-8", errors="replace")
         if not isinstance(text, str):
             return None
-        text = _THINK.sub("", text[:MAX_CHARS]).strip()
+        text = _without_reasoning(text[:MAX_CHARS]).strip()
         if not text:
             return None
         for candidate_text in (text, _TRAILING_COMMA.sub(r"\1", text)):
