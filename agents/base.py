@@ -13,6 +13,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Mapping, Protocol, runtime_checkable
 
+#: What of the environment's ``info`` an agent sees by default: where it is, not how it is scored.
+AGENT_CONTEXT_KEYS: tuple[str, ...] = ("dialogue_id", "turn", "action", "reference_turns")
+
 
 @dataclass
 class AgentStep:
@@ -33,6 +36,12 @@ class AgentStep:
     usage: dict[str, Any] = field(default_factory=dict)
 
 
+class ContextLimitExceeded(Exception):
+    """Raised by ``act`` when the prompt does not fit the policy's context (``max_prompt_tokens``, or a server's
+    context length). Not a failure of the episode: the rollout engine ends it as truncated
+    (``end_reason="max_prompt_tokens"``) and keeps what it earned."""
+
+
 @runtime_checkable
 class Agent(Protocol):
     """A policy. ``act`` is a coroutine so that many episodes can share one event loop."""
@@ -45,8 +54,10 @@ class Agent(Protocol):
     ) -> AgentStep:
         """Return the next action given the visible history ``messages`` and the available ``tools``.
 
-        ``context`` is optional side information from the caller (the environment passes its ``info``:
-        ``dialogue_id``, ``turn``, ``action``); agents that do not need it ignore it, and callers that have
-        none (benchmarks) omit it.
+        ``context`` is optional side information from the caller. The rollout engine passes
+        :data:`AGENT_CONTEXT_KEYS` of the environment's ``info`` -- ``dialogue_id``, ``turn``, ``action`` and
+        ``reference_turns``, never the verdicts or rewards -- plus ``sampling_seed``, the seed of this action's
+        random draws. Agents that do not need it ignore it; callers that have none (benchmarks) omit it.
+        Raise :class:`ContextLimitExceeded` when the prompt does not fit.
         """
         ...

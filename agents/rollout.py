@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
-from agents.base import Agent, AgentStep
+from agents.base import AGENT_CONTEXT_KEYS, Agent, AgentStep, ContextLimitExceeded
 from agents.sampling import sampling_seed
 from cm2_env.data import Dialogue
 
@@ -37,11 +37,13 @@ class EpisodeResult:
     turns_reached: int
     reference_turns: int
     usage: dict[str, Any] = field(default_factory=dict)
+    end_reason: str | None = None
 
     @property
-    def R(self) -> float:
-        """The trajectory reward (Eq. 4): the sum of the episode's rewards in every assignment mode."""
-        return float(sum(self.rewards))
+    def R(self) -> float | None:
+        """The trajectory reward (Eq. 4): the sum of the episode's rewards in every assignment mode; None for a
+        failed episode (it has no reward: it is excluded from group statistics and from the loss)."""
+        return None if self.failed else float(sum(self.rewards))
 
     @property
     def ended_early(self) -> bool:
@@ -58,34 +60,53 @@ class EpisodeResult:
         return {
             "dialogue_id": self.dialogue_id, "group_index": self.group_index, "R": self.R, "rewards": self.rewards,
             "failed": self.failed, "failure": self.failure, "truncated": self.truncated,
-            "ended_early": self.ended_early, "turns_reached": self.turns_reached,
+            "ended_early": self.ended_early, "end_reason": self.end_reason, "turns_reached": self.turns_reached,
             "reference_turns": self.reference_turns, "reward_record": self.reward_record,
             "verdicts": self.verdicts, "usage": self.usage, "messages": self.messages, "actions": steps,
         }
 
 
 async def arun_episode(env: Any, agent: Agent, dialogue_id: str, group_index: int = 0,
-                       seed: int | None = None) -> EpisodeResult:
+                       seed: int | None = None, *, share_verdicts: bool = False) -> EpisodeResult:
     """Run one episode of ``env`` on ``dialogue_id`` with ``agent`` until it terminates or is truncated.
 
     With a ``seed`` (the rollout seed) the episode is reproducible: the env is reset with
     ``sampling_seed(seed, dialogue_id, group_index)`` and action i is sampled with
     ``context["sampling_seed"] = sampling_seed(seed, dialogue_id, group_index, i)`` (:mod:`agents.sampling`), so
     its draws depend on that key alone, never on timing or on the other episodes running beside it.
+
+    The agent's ``context`` holds :data:`~agents.base.AGENT_CONTEXT_KEYS` of ``info`` (where it is, not how it
+    is scored); ``share_verdicts=True`` passes the whole ``info``, verdicts included. An agent that raises
+    :class:`~agents.base.ContextLimitExceeded` ends the episode as truncated (``max_prompt_tokens``); any other
+    exception of the agent fails this episode alone (``failed``, with the error as ``failure``).
     """
     reset_seed = None if seed is None else sampling_seed(seed, dialogue_id, group_index)
     _, info = await env.areset(seed=reset_seed, options={"dialogue_id": dialogue_id})
     steps: list[AgentStep] = []
     rewards: list[float] = []
     terminated = truncated = False
+    policy_failure: str | None = None
     while not (terminated or truncated):
-        context = info if seed is None else {**info, "sampling_seed": sampling_seed(seed, dialogue_id, group_index,
-                                                                                   len(steps))}
-        step = await agent.act(info["messages"], info["tools"], context=context)
+        context = dict(info) if share_verdicts else {k: info[k] for k in AGENT_CONTEXT_KEYS if k in info}
+        if seed is not None:
+            context["sampling_seed"] = sampling_seed(seed, dialogue_id, group_index, len(steps))
+        try:
+            step = await agent.act(info["messages"], info["tools"], context=context)
+        except ContextLimitExceeded:
+            reward, info = await env.atruncate("max_prompt_tokens")
+            rewards.append(float(reward))
+            truncated = True
+            break
+        except Exception as exc:  # noqa: BLE001 - a policy error fails this episode, never the batch
+            policy_failure = f"policy raised {type(exc).__name__}: {exc}"[:500]
+            break
         steps.append(step)
         _, reward, terminated, truncated, info = await env.astep(step.text)
         rewards.append(float(reward))
     record = info.get("reward_record", {})
+    failed = bool(info.get("failed")) or policy_failure is not None
+    if policy_failure is not None:
+        record = {**record, "failed": True}
     return EpisodeResult(
         dialogue_id=dialogue_id,
         group_index=group_index,
@@ -94,12 +115,13 @@ async def arun_episode(env: Any, agent: Agent, dialogue_id: str, group_index: in
         rewards=rewards,
         reward_record=record,
         verdicts=info.get("verdicts"),
-        failed=bool(info.get("failed")),
-        failure=info.get("failure"),
-        truncated=bool(truncated),
+        failed=failed,
+        failure=policy_failure or info.get("failure"),
+        truncated=bool(truncated) or policy_failure is not None,
         turns_reached=len(record.get("turns", [])),
         reference_turns=int(info.get("reference_turns", len(record.get("turns", [])))),
         usage=dict(info.get("usage", {})),
+        end_reason=info.get("end_reason") or ("policy_failed" if policy_failure else None),
     )
 
 
@@ -113,6 +135,7 @@ async def arun_rollouts(
     out_dir: str | Path | None = None,
     progress: bool = True,
     seed: int = 0,
+    share_verdicts: bool = False,
 ) -> list[EpisodeResult]:
     """Run ``group_size`` episodes of every dialogue concurrently; results are ordered by (dialogue, group index).
 
@@ -145,7 +168,8 @@ async def arun_rollouts(
             async with limit:
                 env = CM2ToolUseEnv(dataset=[dialogues[d]], **kwargs)
                 try:
-                    results[job_index] = await arun_episode(env, agent, dialogues[d].id, g, seed=seed)
+                    results[job_index] = await arun_episode(env, agent, dialogues[d].id, g, seed=seed,
+                                                            share_verdicts=share_verdicts)
                 finally:
                     env.close()
             advance()

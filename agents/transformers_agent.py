@@ -18,7 +18,7 @@ import asyncio
 from dataclasses import dataclass
 from typing import Any, Mapping
 
-from agents.base import AgentStep
+from agents.base import AgentStep, ContextLimitExceeded
 from agents.sampling import SeededSampler, sampling_seed
 from cm2_env.toolcalls import parse, to_assistant_message
 
@@ -33,9 +33,9 @@ class _Request:
 class TransformersAgent:
     """Policy backed by a local ``transformers`` causal LM and its tokenizer (chat template with tools).
 
-    temperature 0 means greedy decoding (logprobs are then plain log-softmax). ``max_prompt_tokens`` keeps the
-    last tokens of an over-long prompt (the system prompt and tools come first and are lost first; prefer
-    datasets that fit).
+    temperature 0 means greedy decoding (logprobs are then plain log-softmax). A prompt longer than
+    ``max_prompt_tokens`` raises :class:`~agents.base.ContextLimitExceeded` (the rollout engine then ends the
+    episode as truncated): cutting it would silently drop the system prompt and tools.
 
     Each action samples with its own seed: ``context["sampling_seed"]`` when the caller gives one (the rollout
     engine does: a function of rollout seed, dialogue, group member and action index), otherwise a seed derived
@@ -81,7 +81,8 @@ class TransformersAgent:
             ids = ids.tolist()
         ids = list(ids)
         if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
-            ids = ids[-self.max_prompt_tokens :]
+            raise ContextLimitExceeded(f"the prompt has {len(ids)} tokens; max_prompt_tokens is "
+                                       f"{self.max_prompt_tokens}")
         return ids
 
     async def act(
@@ -121,16 +122,26 @@ class TransformersAgent:
         await asyncio.sleep(0)
         while self._queue:
             batch, self._queue = self._queue[: self.max_batch_size], self._queue[self.max_batch_size :]
-            try:
-                results = await asyncio.to_thread(self._generate, [r.prompt_ids for r in batch], [r.seed for r in batch])
-            except Exception as exc:  # surface the error in every waiting act() call
-                for request in batch:
-                    if not request.future.done():
-                        request.future.set_exception(exc)
-                continue
-            for request, result in zip(batch, results):
-                if not request.future.done():
-                    request.future.set_result(result)
+            await self._run_batch(batch)
+
+    async def _run_batch(self, batch: list[_Request]) -> None:
+        """Generate for ``batch``; when that fails (out of memory, a bad request), split it in halves and try
+        again, so that a failure reaches only the requests that cause it. Seeded sampling makes the halves'
+        samples the same as the whole batch's would have been."""
+        try:
+            results = await asyncio.to_thread(self._generate, [r.prompt_ids for r in batch], [r.seed for r in batch])
+        except Exception as exc:  # noqa: BLE001 - surfaced in the act() calls it concerns
+            if len(batch) == 1:
+                if not batch[0].future.done():
+                    batch[0].future.set_exception(exc)
+                return
+            half = len(batch) // 2
+            await self._run_batch(batch[:half])
+            await self._run_batch(batch[half:])
+            return
+        for request, result in zip(batch, results):
+            if not request.future.done():
+                request.future.set_result(result)
 
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list[tuple[list[int], list[float]]]:
         import torch

@@ -17,9 +17,11 @@ Contract (DESIGN.md, "The flow of one episode"; CM2_SPEC.md, "Rollout"):
 - Reward: every assignment mode ("step", "turn", "trajectory") pays the trajectory reward R (Eq. 4) in total;
   modes differ only in when (:mod:`cm2_env.episode`).
 - ``terminated``: the dialogue is complete, strictness failed, or an invalid call under
-  ``invalid_call_policy="terminate"``. ``truncated``: a limit was hit (actions per turn, turns, observation
-  length) or the episode failed -- a simulator or judge error, flagged ``info["failed"]`` (the trainer excludes
-  failed episodes). The env never raises because of what the agent, simulator or judge did.
+  ``invalid_call_policy="terminate"``. ``truncated``: a limit was hit (actions per episode, actions per turn,
+  turns, observation length), the caller ended the episode (:meth:`CM2ToolUseEnv.atruncate`, e.g. when the
+  policy's context is full), or the episode failed -- a simulator or judge error, flagged ``info["failed"]``
+  (the trainer excludes failed episodes). The env never raises because of what the agent, simulator or judge
+  did.
 - Invalid calls (malformed ``<tool_call>`` text, unknown tool, schema violation): with "respond" (default) the
   agent gets an error tool message and the episode goes on; an action with malformed call text runs none of
   its calls. With "terminate" the episode ends there, unjudged (the released code's behaviour).
@@ -64,7 +66,10 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         reward_assignment: "step" | "turn" | "trajectory" -- when reward is paid (the total is always R).
         normaliser: L of Eq. 4, "reference" (reference turns, as released) or "reached" (turns reached).
         strict: end the episode after a turn whose required items are not all satisfied.
-        max_actions_per_turn / max_turns: truncation limits (released: 30 and 30).
+        max_actions: agent actions per episode (the released code's limit: 30 generations per episode).
+        max_actions_per_turn: agent actions per turn (cm2's own guard against a turn that never replies; the
+            released code has no per-turn limit, so the default equals the per-episode one).
+        max_turns: reference turns played per episode (released: 30).
         invalid_call_policy: "respond" (error tool message, continue) or "terminate".
         checklist_variants: "first" (variant 0 only) or "mean" / "majority" aggregation over all variants.
         max_observation_length / max_action_length: sizes of the text spaces, in characters. A longer action is
@@ -85,6 +90,7 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         reward_assignment: str = "trajectory",
         normaliser: str = "reference",
         strict: bool = True,
+        max_actions: int = 30,
         max_actions_per_turn: int = 30,
         max_turns: int = 30,
         invalid_call_policy: str = "respond",
@@ -101,12 +107,14 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         _check_choice("checklist_variants", checklist_variants, VARIANT_MODES)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
-        for name, value in (("max_actions_per_turn", max_actions_per_turn), ("max_turns", max_turns)):
+        for name, value in (("max_actions", max_actions), ("max_actions_per_turn", max_actions_per_turn),
+                            ("max_turns", max_turns)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
         self.reward_assignment = reward_assignment
         self.normaliser = normaliser
         self.strict = bool(strict)
+        self.max_actions = max_actions
         self.max_actions_per_turn = max_actions_per_turn
         self.max_turns = max_turns
         self.invalid_call_policy = invalid_call_policy
@@ -221,6 +229,9 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         elif final_reply:
             terminated, truncated = self._end_turn(episode)
             next_turn = not episode.done
+        elif episode.usage["actions"] >= self.max_actions:
+            episode.end("max_actions")
+            truncated = True
         elif turn.actions >= self.max_actions_per_turn:
             episode.end("max_actions_per_turn")
             truncated = True
@@ -236,6 +247,21 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         if clipped:
             info["action_clipped"] = True
         return episode.observation(self.observation_space.max_length), reward, terminated, truncated, info
+
+    async def atruncate(self, reason: str) -> tuple[float, dict[str, Any]]:
+        """End the running episode from outside, as truncated with ``end_reason=reason`` -- for limits the
+        environment cannot see, such as the policy's context length. Returns ``(reward, info)``: the payment that
+        settles the episode (every assignment mode then sums to R over the turns reached) and the final info."""
+        episode = self._episode
+        if episode is None or episode.done:
+            raise RuntimeError("atruncate() needs a running episode: call reset() first, and not after it ended")
+        episode.end(reason)
+        reward = episode.payment(0.0, turn_ended=True, episode_ended=True)
+        return reward, self._info()
+
+    def truncate(self, reason: str) -> tuple[float, dict[str, Any]]:
+        """:meth:`atruncate` on the env's private event loop."""
+        return self._run(self.atruncate(reason))
 
     # --- the steps of astep --------------------------------------------------------------------------------
 

@@ -206,3 +206,163 @@ def test_an_answer_inside_an_unclosed_think_block_is_not_read_as_the_verdict():
         verdicts = run(_llm_judge(server, attempts=1).judge(_judge_request("{}")))
     verdict = next(iter(verdicts.values()))
     assert verdict.passed is None and "unparsable" in verdict.error
+
+
+# -- hole 5: one bad episode fails alone ---------------------------------------------------------------------
+
+
+def test_a_policy_error_fails_its_episode_and_the_rest_of_the_batch_goes_on():
+    from agents import EndpointAgent
+    from agents.rollout import run_rollouts, summarize
+    from tests.support.scripted_server import Fault, ScriptedServer
+
+    dialogues = list(DIALOGUES.values())[:3]
+    doomed = dialogues[1].messages[1].content  # the first user message of the second dialogue
+
+    def responder(body):
+        if any(m.get("content") == doomed for m in body["messages"]):
+            return Fault.http(500)
+        return "Could you tell me more?"
+
+    with ScriptedServer(responder) as server:
+        agent = EndpointAgent(server.spec, client_options={"max_retries": 0, "timeout_s": 10})
+        results = run_rollouts(dialogues, agent, group_size=2, progress=False)
+    assert len(results) == 6
+    failed = [r for r in results if r.failed]
+    assert {r.dialogue_id for r in failed} == {dialogues[1].id} and len(failed) == 2
+    assert all("policy raised" in r.failure for r in failed) and all(r.R is None for r in failed)
+    assert all(r.R is not None for r in results if not r.failed)
+    assert summarize(results, dialogues)["failed"] == 2
+
+
+def test_a_batch_that_fails_to_generate_is_split_so_only_the_bad_request_fails():
+    from agents.transformers_agent import TransformersAgent, _Request
+    from tests.support.tiny_models import micro_model_dir
+    from train.policy import load_model, load_tokenizer
+
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = micro_model_dir(tmp, seed=2)
+        model, tokenizer = load_model(str(path)), load_tokenizer(str(path))
+    agent = TransformersAgent(model, tokenizer, max_new_tokens=4)
+    good = tokenizer.apply_chat_template([{"role": "user", "content": "hi"}], add_generation_prompt=True,
+                                         tokenize=True, return_dict=False)
+
+    async def main():
+        loop = asyncio.get_running_loop()
+        requests = [_Request(list(good), 1, loop.create_future()), _Request([10 ** 7], 2, loop.create_future()),
+                    _Request(list(good), 3, loop.create_future())]
+        await agent._run_batch(requests)
+        return requests
+
+    requests = run(main())
+    assert requests[0].future.result()[0] and requests[2].future.result()[0]
+    assert isinstance(requests[1].future.exception(), Exception)
+    assert agent.batches[0] == 3 and 1 in agent.batches
+
+
+# -- hole 6: malformed native tool calls get the same feedback as malformed text calls ----------------------
+
+
+def test_broken_native_tool_call_arguments_are_answered_as_malformed_and_valid_calls_are_kept():
+    from agents import EndpointAgent
+    from cm2_env.toolcalls import parse
+    from tests.support.scripted_server import ScriptedServer
+
+    answer = {"role": "assistant", "content": None, "tool_calls": [
+        {"id": "a", "type": "function", "function": {"name": "QueryCalendar", "arguments":
+                                                     '{"start_time": "2023-09-12 00:00:00"}'}},
+        {"id": "b", "type": "function", "function": {"name": "CreateEvent", "arguments": '{"name": "Sync", '}}]}
+    with ScriptedServer(lambda body: answer) as server:
+        agent = EndpointAgent(server.spec, client_options={"max_retries": 0})
+        env = gym.make("CM2ToolUse-v0")
+        _, info = env.reset(options={"dialogue_id": REGISTER})
+        step = run(agent.act(info["messages"], info["tools"]))
+    parsed = parse(step.text)
+    assert [c.name for c in parsed.calls] == ["QueryCalendar"] and parsed.errors
+    _, _, terminated, truncated, info = env.step(step.text)
+    assert not (terminated or truncated) and info["turn"] == 0  # not a final reply: the turn goes on
+    assert any(m.get("name") == "invalid_tool_call" for m in info["messages"])
+    env.close()
+
+
+# -- hole 7: limits as released, labelled honestly; no reward information for the policy --------------------
+
+
+def test_the_episode_action_cap_truncates_across_turns():
+    env = gym.make("CM2ToolUse-v0", max_actions=3, max_actions_per_turn=30)
+    env.reset(options={"dialogue_id": REGISTER})
+    call = '<tool_call>\n{"name": "NoSuchTool", "arguments": {}}\n</tool_call>'
+    outcomes = [env.step(call) for _ in range(3)]
+    assert [o[3] for o in outcomes] == [False, False, True]
+    assert outcomes[-1][4]["end_reason"] == "max_actions" and not outcomes[-1][4]["failed"]
+    env.close()
+
+
+def test_a_prompt_over_the_context_cap_truncates_the_episode_instead_of_crashing_it(tmp_path):
+    from agents.rollout import run_rollouts
+    from agents.transformers_agent import TransformersAgent
+    from tests.support.tiny_models import micro_model_dir
+    from train.policy import load_model, load_tokenizer
+
+    path = micro_model_dir(tmp_path, seed=2)
+    agent = TransformersAgent(load_model(str(path)), load_tokenizer(str(path)), max_new_tokens=4,
+                              max_prompt_tokens=50)
+    results = run_rollouts(list(DIALOGUES.values())[:2], agent, group_size=2, progress=False,
+                           env_kwargs={"reward_assignment": "step"})
+    assert len(results) == 4
+    assert all(r.end_reason == "max_prompt_tokens" and r.truncated and not r.failed for r in results)
+    assert all(r.R == sum(r.rewards) for r in results)
+
+
+def test_the_policy_sees_where_it_is_but_not_how_it_is_scored():
+    from agents import ReplayAgent
+    from agents.rollout import run_rollouts
+
+    seen = []
+
+    class Recording(ReplayAgent):
+        async def act(self, messages, tools, context=None):
+            seen.append(dict(context))
+            return await super().act(messages, tools, context)
+
+    dialogues = [DIALOGUES[REGISTER]]
+    run_rollouts(dialogues, Recording(dialogues), progress=False)
+    assert seen and all(set(c) <= {"dialogue_id", "turn", "action", "reference_turns", "sampling_seed"} for c in seen)
+    assert not any("verdicts" in c or "reward_record" in c or "R" in c for c in seen)
+    seen.clear()
+    run_rollouts(dialogues, Recording(dialogues), progress=False, share_verdicts=True)
+    assert any("verdicts" in c for c in seen)
+
+
+# -- hole 8: interleaved thinking -------------------------------------------------------------------------------
+
+
+def test_the_interleaved_thinking_template_keeps_earlier_turns_reasoning(tmp_path):
+    from tests.support.tiny_models import micro_model_dir
+    from train.config import ConfigError, TrainConfig
+    from train.policy import load_tokenizer
+
+    path = micro_model_dir(tmp_path, seed=2)
+    # a stand-in for a stock template that drops the reasoning of earlier assistant turns
+    dropping = ("{% for m in messages %}<|im_start|>{{ m.role }}\\n"
+                "{% if m.role == 'assistant' and '</think>' in (m.content or '') %}"
+                "{{ (m.content or '').split('</think>')[-1] }}{% else %}{{ m.content or '' }}{% endif %}"
+                "<|im_end|>\\n{% endfor %}{% if add_generation_prompt %}<|im_start|>assistant\\n{% endif %}")
+    config = json.loads((path / "tokenizer_config.json").read_text())
+    config["chat_template"] = dropping
+    (path / "tokenizer_config.json").write_text(json.dumps(config))
+    (path / "chat_template.jinja").write_text(dropping)
+    conversation = [{"role": "user", "content": "first"},
+                    {"role": "assistant", "content": "<think>\\nEARLIER-REASONING\\n</think>\\n\\nan answer"},
+                    {"role": "user", "content": "second"}]
+
+    def rendered(option):
+        return load_tokenizer(str(path), option).apply_chat_template(conversation, tokenize=False,
+                                                                     add_generation_prompt=True)
+
+    assert "EARLIER-REASONING" not in rendered("")
+    assert "EARLIER-REASONING" in rendered("interleaved-thinking")
+    with pytest.raises(ConfigError, match="chat_template"):
+        TrainConfig(model="m", chat_template="no-such-template").validate()

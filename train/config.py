@@ -38,6 +38,7 @@ class TrainConfig:
     # --- model -------------------------------------------------------------------------------------------
     model: str = ""  # local HF folder (config + weights); required
     tokenizer: str = ""  # local HF folder with a chat template; "" = the model folder
+    chat_template: str = ""  # "" = the tokenizer's own | interleaved-thinking (keeps earlier <think>) | a .jinja file
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; the reference is the base model
     lora_r: int = 16
     lora_alpha: int = 32
@@ -53,8 +54,10 @@ class TrainConfig:
     max_dialogues: int = 0  # after dialogue_ids: keep the first N (0 = all)
     simulator: str = "replay"
     judge: str = "rule"
-    max_turns: int = 30
-    max_actions_per_turn: int = 30
+    max_turns: int = 30  # reference turns played per episode (released: 30)
+    max_actions: int = 30  # agent actions per episode (released: 30 generations per episode)
+    max_actions_per_turn: int = 30  # agent actions per turn (cm2's guard; the released code has none)
+    max_prompt_tokens: int = 10240  # context cap of a rollout prompt (paper: 10k); a longer prompt truncates it
     invalid_call_policy: str = "respond"
 
     # --- GRPO ----------------------------------------------------------------------------------------------
@@ -137,7 +140,8 @@ class TrainConfig:
         choice("old_logprobs", OLD_LOGPROBS)
         choice("invalid_call_policy", ("respond", "terminate"))
         for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "ppo_epochs", "ppo_mini_batches",
-                     "micro_batch_tokens", "max_turns", "max_actions_per_turn", "max_batch_size", "eval_samples",
+                     "micro_batch_tokens", "max_turns", "max_actions", "max_actions_per_turn", "max_prompt_tokens",
+                     "max_batch_size", "eval_samples",
                      "sft_batch_size", "sft_micro_batch_tokens", "sft_max_length", "keep_checkpoints", "lora_r"):
             if getattr(self, name) < 1:
                 fail(name, f"must be at least 1, got {getattr(self, name)}", "use a positive integer")
@@ -168,6 +172,12 @@ class TrainConfig:
             fail("adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas}", "use [0.9, 0.999]")
         if self.sft_epochs <= 0:
             fail("sft_epochs", "must be > 0", "use e.g. 2 (paper)")
+        try:
+            from train.chat_templates import resolve_chat_template
+
+            resolve_chat_template(self.chat_template)
+        except ValueError as exc:
+            fail("chat_template", str(exc).split(". Fix:")[0], "use '', 'interleaved-thinking' or a .jinja path")
         return self
 
     def require_model(self, source: str = "<config>") -> None:

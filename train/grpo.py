@@ -87,6 +87,7 @@ def env_kwargs(config: TrainConfig, max_turns: int | None = None) -> dict[str, A
         "judge": config.judge,
         "normaliser": config.normaliser,
         "max_turns": max_turns or config.max_turns,
+        "max_actions": config.max_actions,
         "max_actions_per_turn": config.max_actions_per_turn,
         "invalid_call_policy": config.invalid_call_policy,
     }
@@ -99,7 +100,8 @@ def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], confi
     from agents.rollout import run_rollouts
 
     agent = TransformersAgent(model, tokenizer, max_new_tokens=config.max_new_tokens, temperature=temperature,
-                              top_p=config.top_p, max_batch_size=config.max_batch_size, seed=seed)
+                              top_p=config.top_p, max_batch_size=config.max_batch_size, seed=seed,
+                              max_prompt_tokens=config.max_prompt_tokens)
     concurrency = config.rollout_concurrency or len(dialogues) * group_size
     return run_rollouts(dialogues, agent, group_size=group_size, env_kwargs=env_kwargs(config, max_turns),
                         concurrency=concurrency, progress=False, seed=seed)
@@ -315,7 +317,7 @@ class GRPOResult:
 def build_policy(config: TrainConfig) -> tuple[Any, Any, ReferencePolicy | None]:
     """(policy, tokenizer, frozen reference or None when kl_coef == 0), on CUDA when available."""
     config.require_model()
-    tokenizer = load_tokenizer(config.tokenizer_path)
+    tokenizer = load_tokenizer(config.tokenizer_path, config.chat_template)
     policy = load_model(config.model, "cuda" if torch.cuda.is_available() else "cpu")
     if config.lora:
         policy = add_lora(policy, config.lora_r, config.lora_alpha, config.lora_dropout, config.lora_target_modules)

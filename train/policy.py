@@ -35,11 +35,18 @@ def configure_torch(config: Any) -> None:
     torch.manual_seed(config.seed)
 
 
-def load_tokenizer(path: str) -> Any:
+def load_tokenizer(path: str, chat_template: str = "") -> Any:
+    """The tokenizer of a local folder, with the run's ``chat_template`` option applied
+    (:func:`train.chat_templates.resolve_chat_template`; "" keeps the folder's own template)."""
     from transformers import AutoTokenizer
+
+    from train.chat_templates import resolve_chat_template
 
     _require_folder(path, "tokenizer")
     tokenizer = AutoTokenizer.from_pretrained(path, local_files_only=True)
+    template = resolve_chat_template(chat_template)
+    if template is not None:
+        tokenizer.chat_template = template
     if not getattr(tokenizer, "chat_template", None):
         raise ValueError(f"{path}: the tokenizer has no chat_template; cm2 renders prompts with the chat template "
                          "(tools included). Fix: use a chat model's tokenizer or one built by train.tiny_model")

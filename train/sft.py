@@ -125,7 +125,7 @@ def run_sft(
     configure_torch(config)
     if tokenizer is None:
         config.require_model()
-        tokenizer = load_tokenizer(config.tokenizer_path)
+        tokenizer = load_tokenizer(config.tokenizer_path, config.chat_template)
     if model is None:
         config.require_model()
         model = load_model(config.model, "cuda" if torch.cuda.is_available() else "cpu")

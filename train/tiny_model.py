@@ -18,52 +18,10 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Iterable
 
+from train.chat_templates import CHAT_TEMPLATE
+
 SPECIAL_TOKENS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>"]
 MARKUP_TOKENS = ["<tool_call>", "</tool_call>", "<tool_response>", "</tool_response>", "<think>", "</think>"]
-
-# A ChatML/Hermes chat template written for this project. Tools are listed in the system turn as JSON lines
-# inside <tools></tools>; calls are <tool_call>{"name": ..., "arguments": {...}}</tool_call> blocks; consecutive
-# tool responses are grouped into one user turn of <tool_response> blocks.
-_TEMPLATE_SOURCE = (
-    "{% set msgs = messages %}"
-    "{% if tools %}"
-    "<|im_start|>system\n"
-    "{% if msgs[0].role == 'system' %}{{ msgs[0].content }}\n\n{% endif %}"
-    "# Tools\nYou can call these functions (JSON signatures inside <tools></tools>):\n<tools>"
-    "{% for tool in tools %}\n{{ tool | tojson }}{% endfor %}\n</tools>\n"
-    "To call a function, write a JSON object with its name and arguments between <tool_call> and "
-    "</tool_call>:\n<tool_call>\n{\"name\": <name>, \"arguments\": <arguments object>}\n</tool_call>"
-    "<|im_end|>\n"
-    "{% elif msgs[0].role == 'system' %}"
-    "<|im_start|>system\n{{ msgs[0].content }}<|im_end|>\n"
-    "{% endif %}"
-    "{% for m in msgs %}"
-    "{% if m.role == 'system' %}"
-    "{% if not loop.first %}<|im_start|>system\n{{ m.content }}<|im_end|>\n{% endif %}"
-    "{% elif m.role == 'user' %}"
-    "<|im_start|>user\n{{ m.content }}<|im_end|>\n"
-    "{% elif m.role == 'assistant' %}"
-    "<|im_start|>assistant\n{{ m.content or '' }}"
-    "{% for tc in (m.tool_calls or []) %}"
-    "{% set f = tc.function if tc.function is defined else tc %}"
-    "{% if (m.content or '') or not loop.first %}\n{% endif %}"
-    "<tool_call>\n{\"name\": \"{{ f.name }}\", \"arguments\": "
-    "{% if f.arguments is string %}{{ f.arguments }}{% else %}{{ f.arguments | tojson }}{% endif %}"
-    "}\n</tool_call>"
-    "{% endfor %}"
-    "<|im_end|>\n"
-    "{% elif m.role == 'tool' %}"
-    "{% if loop.first or msgs[loop.index0 - 1].role != 'tool' %}<|im_start|>user{% endif %}"
-    "\n<tool_response>\n{{ m.content }}\n</tool_response>"
-    "{% if loop.last or msgs[loop.index0 + 1].role != 'tool' %}<|im_end|>\n{% endif %}"
-    "{% endif %}"
-    "{% endfor %}"
-    "{% if add_generation_prompt %}<|im_start|>assistant\n{% endif %}"
-)
-# transformers renders chat templates with trim_blocks=True, which drops the newline right after a block tag:
-# write such newlines as expressions so the rendered text is exactly what the template source shows.
-CHAT_TEMPLATE = _TEMPLATE_SOURCE.replace("%}\n", "%}{{ '\\n' }}")
-
 
 @dataclass(frozen=True)
 class TinyShape:
