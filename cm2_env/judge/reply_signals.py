@@ -103,7 +103,7 @@ def tokens(text: str) -> list[str]:
     return _TOKEN.findall((text or "").lower())
 
 
-def without_echo(reply: str, sources: list[str], min_span: int = 5) -> tuple[str, float]:
+def without_echo(reply: str, sources: list[str], min_span: int = 8) -> tuple[str, float]:
     """``(rest, share)``: the reply's words outside spans of at least ``min_span`` consecutive words copied from
     any of ``sources`` (the user's messages), and the share of the reply's words inside such spans. Linear in the
     lengths (a hash set of the sources' word n-grams)."""

@@ -39,8 +39,9 @@ _DONE = re.compile(r"\b(scheduled|created|booked|added|set up|sent|deleted|updat
                    r"has been|have been|done)\b", re.IGNORECASE)
 #: stems too common in checklist questions to show that a reply addresses the item
 _GENERIC = {"assis", "reply", "user", "confi", "wheth", "state", "menti", "corre"}
-#: share of a reply that, once copied from the user or from raw tool output, leaves it nothing of its own
-_COPIED_SHARE = 0.5
+#: share of a reply that, once copied from the user (in spans of 8+ words) or from raw tool output, leaves it
+#: nothing of its own; a confirmation that restates the request in its own sentence stays well below it
+_COPIED_SHARE = 0.6
 
 
 @dataclass(frozen=True)
