@@ -250,3 +250,29 @@ def test_token_logprobs_use_the_sampling_temperature_and_report_entropy():
     expected = torch.log_softmax(logits / 2.0, dim=-1)
     assert float(logp) == pytest.approx(float(expected[0, 0]))
     assert float(entropy) == pytest.approx(float(-(expected.exp() * expected).sum()))
+
+
+def test_loss_aggregations_weigh_tokens_as_their_formulas_say():
+    from train.losses import sequence_token_weights
+
+    assert sequence_token_weights([2, 6], "token-mean") == pytest.approx([1 / 8, 1 / 8])
+    assert sequence_token_weights([2, 6], "seq-mean-token-mean") == pytest.approx([1 / 4, 1 / 12])
+    assert sequence_token_weights([2, 6, 0], "seq-mean-token-sum-norm", length_norm=10) == pytest.approx([1 / 20] * 3)
+    # seq-mean: a short sequence's tokens count as much in total as a long one's
+    weights = sequence_token_weights([2, 6], "seq-mean-token-mean")
+    assert 2 * weights[0] == pytest.approx(6 * weights[1]) == pytest.approx(0.5)
+    with pytest.raises(ValueError, match="aggregation"):
+        sequence_token_weights([1], "mean")
+
+
+def test_grpo_loss_with_sequence_weights_is_the_mean_of_per_sequence_token_means():
+    torch.manual_seed(2)
+    logp = torch.randn(2, 4) * 0.1 - 1
+    adv = torch.tensor([[1.0] * 4, [-1.0] * 4])
+    mask = torch.tensor([[True, False, False, False], [True, True, True, True]])
+    weights = torch.tensor([[0.5, 0, 0, 0], [0.125] * 4])
+    out = grpo_loss(logp, logp.detach(), adv, mask, weights)
+    per_token, _ = ppo_clip_terms(logp, logp.detach(), adv, 0.2, 0.2)
+    expected = 0.5 * per_token[0, 0] + 0.5 * per_token[1].mean()
+    assert float(out.loss) == pytest.approx(float(expected), rel=1e-6)
+    assert float(out.loss) == pytest.approx(0.0, abs=1e-6)  # +1 and -1 sequences balance whatever their lengths

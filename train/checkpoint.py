@@ -7,7 +7,12 @@ Layout of ``<output_dir>/checkpoints/step-000012/``:
 - ``optimizer.pt``, ``scheduler.pt``: their ``state_dict``s;
 - ``rng.pt``: Python ``random``, numpy and torch (CPU and every CUDA device) generator states;
 - ``trainer_state.json``: ``step`` (GRPO steps completed), ``data_position`` (dialogues consumed), the config
-  and free-form extras. It is written last, so a folder without it is an interrupted save and is ignored.
+  and free-form extras.
+
+A checkpoint is written into ``step-000012.partial/`` and renamed into place when complete, so a crash mid-save
+leaves no half-written checkpoint under its real name. ``resume: auto`` takes the newest checkpoint that reads
+back; a damaged one (say, a truncated ``trainer_state.json`` copied from elsewhere) is reported by file name and
+the previous one is used.
 
 The frozen KL reference is not saved: it is always the model the run started from (``config.model``).
 Resuming = build the run exactly as a fresh one would, then :func:`load_checkpoint` into it.
@@ -56,19 +61,23 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 
 def save_checkpoint(output_dir: str | Path, state: TrainerState, model: Any, optimizer: Any, scheduler: Any,
                     config: dict[str, Any] | None = None, keep: int = 0) -> Path:
-    """Write a checkpoint for ``state.step``; keep only the newest ``keep`` checkpoints (0 = keep all)."""
+    """Write a checkpoint for ``state.step`` (atomically: a temporary folder renamed into place); keep only the
+    newest ``keep`` checkpoints (0 = keep all)."""
     from safetensors.torch import save_model
 
     path = checkpoint_dir(output_dir, state.step)
+    partial = path.with_name(path.name + ".partial")
+    shutil.rmtree(partial, ignore_errors=True)
+    partial.mkdir(parents=True)
+    save_model(model, str(partial / "policy.safetensors"))
+    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+    torch.save(scheduler.state_dict(), partial / "scheduler.pt")
+    torch.save(rng_states(), partial / "rng.pt")
+    record = {"step": state.step, "data_position": state.data_position, "extras": state.extras, "config": config}
+    (partial / STATE_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
     if path.exists():
         shutil.rmtree(path)
-    path.mkdir(parents=True)
-    save_model(model, str(path / "policy.safetensors"))
-    torch.save(optimizer.state_dict(), path / "optimizer.pt")
-    torch.save(scheduler.state_dict(), path / "scheduler.pt")
-    torch.save(rng_states(), path / "rng.pt")
-    record = {"step": state.step, "data_position": state.data_position, "extras": state.extras, "config": config}
-    (path / STATE_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+    partial.rename(path)
     if keep > 0:
         for old in list_checkpoints(output_dir)[:-keep]:
             shutil.rmtree(old, ignore_errors=True)
@@ -76,24 +85,59 @@ def save_checkpoint(output_dir: str | Path, state: TrainerState, model: Any, opt
 
 
 def list_checkpoints(output_dir: str | Path) -> list[Path]:
-    """Complete checkpoints of a run, oldest first."""
+    """Complete checkpoints of a run, oldest first (by step number)."""
     root = Path(output_dir) / "checkpoints"
     if not root.is_dir():
         return []
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / STATE_FILE).exists())
+    found = [p for p in root.iterdir() if p.is_dir() and p.name.startswith("step-") and p.name[5:].isdigit()
+             and (p / STATE_FILE).exists()]
+    return sorted(found, key=lambda p: int(p.name[5:]))
 
 
-def resolve_resume(resume: str, output_dir: str | Path) -> Path | None:
-    """The checkpoint folder to resume from: "" -> None, "auto" -> the latest in output_dir (or None), a path."""
+class CheckpointError(ValueError):
+    """A checkpoint that cannot be read back; the message names the file and says what is wrong."""
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    """The ``trainer_state.json`` of a checkpoint folder, checked: raises :class:`CheckpointError` naming the file
+    when it or one of the checkpoint's files is missing or unreadable."""
+    path = Path(path)
+    state_file = path / STATE_FILE
+    try:
+        record = json.loads(state_file.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise CheckpointError(f"{state_file}: missing, so {path} is not a complete checkpoint") from None
+    except (OSError, ValueError) as exc:
+        raise CheckpointError(f"{state_file}: unreadable ({exc})") from None
+    if not isinstance(record, dict) or not isinstance(record.get("step"), int) \
+            or not isinstance(record.get("data_position"), int):
+        raise CheckpointError(f"{state_file}: needs integer 'step' and 'data_position' fields")
+    for name in ("policy.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt"):
+        if not (path / name).is_file():
+            raise CheckpointError(f"{path / name}: missing, so {path} is not a complete checkpoint")
+    return record
+
+
+def resolve_resume(resume: str, output_dir: str | Path, warn: Any = None) -> Path | None:
+    """The checkpoint folder to resume from: "" -> None; "auto" -> the newest readable one in output_dir (or None;
+    damaged ones are passed to ``warn(message)`` and skipped); a path -> that folder, which must be readable."""
     if not resume:
         return None
     if resume == "auto":
-        found = list_checkpoints(output_dir)
-        return found[-1] if found else None
+        for path in reversed(list_checkpoints(output_dir)):
+            try:
+                read_state(path)
+                return path
+            except CheckpointError as exc:
+                if warn is not None:
+                    warn(f"skipping a damaged checkpoint: {exc}")
+        return None
     path = Path(resume)
-    if not (path / STATE_FILE).exists():
-        raise FileNotFoundError(f"resume: {path} is not a complete checkpoint (no {STATE_FILE}). Fix: point it at "
-                                f"a folder under {Path(output_dir) / 'checkpoints'}, or use resume: auto")
+    try:
+        read_state(path)
+    except CheckpointError as exc:
+        raise CheckpointError(f"resume: {exc}. Fix: point it at a complete folder under "
+                              f"{Path(output_dir) / 'checkpoints'}, or use resume: auto") from None
     return path
 
 
@@ -102,11 +146,27 @@ def load_checkpoint(path: str | Path, model: Any, optimizer: Any, scheduler: Any
     from safetensors.torch import load_model
 
     path = Path(path)
+    record = read_state(path)
     device = next(model.parameters()).device
     load_model(model, str(path / "policy.safetensors"), device=str(device))
     optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     if restore_rng:
         set_rng_states(torch.load(path / "rng.pt", weights_only=False))
-    record = json.loads((path / STATE_FILE).read_text(encoding="utf-8"))
     return TrainerState(step=record["step"], data_position=record["data_position"], extras=record.get("extras", {}))
+
+
+def previous_run(output_dir: str | Path) -> str | None:
+    """What of an earlier run ``output_dir`` holds (metrics, checkpoints, final model), or None when nothing."""
+    out = Path(output_dir)
+    found = [name for name in ("metrics.jsonl", "checkpoints", "final") if (out / name).exists()]
+    return ", ".join(found) if found else None
+
+
+def clear_run(output_dir: str | Path) -> None:
+    """Remove an earlier run's metrics, checkpoints and final model from ``output_dir`` (``--overwrite``)."""
+    out = Path(output_dir)
+    for name in ("checkpoints", "final", "tensorboard"):
+        shutil.rmtree(out / name, ignore_errors=True)
+    for name in ("metrics.jsonl",):
+        (out / name).unlink(missing_ok=True)

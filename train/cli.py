@@ -72,9 +72,10 @@ def _fail(exc: Exception) -> None:
               help="Output folder (preset: default runs/tiny-cpu; config: overrides output_dir).")
 @click.option("--seed", type=int, default=None, help="Seed (default: 0, or the config's).")
 @click.option("--resume", default=None, help="Config runs: 'auto' or a checkpoint folder.")
+@click.option("--overwrite", is_flag=True, help="Config runs: replace an earlier run in the output folder.")
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: one JSON object with the results.")
 def train(preset: str | None, config_path: str | None, out: str | None, seed: int | None, resume: str | None,
-          as_json: bool) -> None:
+          overwrite: bool, as_json: bool) -> None:
     """GRPO with checklist rewards: --preset tiny-cpu (offline demo) or --config FILE (real runs)."""
     if (preset is None) == (config_path is None):
         raise click.UsageError("give exactly one of --preset tiny-cpu or --config FILE")
@@ -115,8 +116,9 @@ def train(preset: str | None, config_path: str | None, out: str | None, seed: in
         _fail(exc)
     with _PhaseBars(console, enabled=config.progress) as bars:
         try:
-            result = run_grpo(config, on_step=lambda s, r: bars("grpo", s, config.steps, {"reward": r.get("reward/mean"),
-                                                                                          "kl": r.get("kl")}))
+            result = run_grpo(config, overwrite=overwrite,
+                              on_step=lambda s, r: bars("grpo", s, config.steps, {"reward": r.get("reward/mean"),
+                                                                                  "kl": r.get("kl")}))
         except (ValueError, FileNotFoundError) as exc:
             _fail(exc)
     last = result.records[-1] if result.records else {}

@@ -25,6 +25,7 @@ L_NORMALISERS = ("reference", "reached")
 SCHEDULES = ("constant", "linear", "cosine")
 BF16_MODES = ("auto", "true", "false")
 OLD_LOGPROBS = ("sampler", "recompute")
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # train.losses
 
 
 class ConfigError(ValueError):
@@ -79,6 +80,7 @@ class TrainConfig:
     adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
     max_grad_norm: float = 1.0
     kl_coef: float = 0.001  # k3 KL loss against a frozen reference; 0 = no reference model
+    loss_aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (losses.py)
     clip_range: float = 0.2  # PPO clip epsilon (lower side)
     clip_range_high: float = 0.0  # upper side; 0 = same as clip_range
     entropy_coef: float = 0.0  # entropy bonus (0 = entropy is only logged)
@@ -138,6 +140,7 @@ class TrainConfig:
         choice("sft_lr_schedule", SCHEDULES)
         choice("bf16", BF16_MODES)
         choice("old_logprobs", OLD_LOGPROBS)
+        choice("loss_aggregation", LOSS_AGGREGATIONS)
         choice("invalid_call_policy", ("respond", "terminate"))
         for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "ppo_epochs", "ppo_mini_batches",
                      "micro_batch_tokens", "max_turns", "max_actions", "max_actions_per_turn", "max_prompt_tokens",

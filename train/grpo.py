@@ -22,6 +22,7 @@ config -> rollout -> advantages -> loss -> update -> log, repeated ``config.step
 from __future__ import annotations
 
 import random
+import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 
 from train.config import TrainConfig
-from train.losses import grpo_loss
+from train.losses import grpo_loss, sequence_token_weights
 from train.policy import (ReferencePolicy, add_lora, autocast, configure_torch, eos_token_id, load_model,
                           load_tokenizer, make_optimizer, make_scheduler, model_device, pad_token_id,
                           selected_logprobs, use_bf16)
@@ -231,10 +232,12 @@ def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[T
 
 def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: TrainConfig, pad_id: int,
                          bf16: bool) -> UpdateStats:
-    """Backpropagate one mini-batch's token-mean loss, micro-batch by micro-batch; return its loss terms
-    (``first_loss`` = the mini-batch's loss)."""
+    """Backpropagate one mini-batch's loss (tokens weighted by ``config.loss_aggregation``), micro-batch by
+    micro-batch; return its loss terms (``first_loss`` = the mini-batch's loss)."""
     device = model_device(model)
     n_tokens = sum(s.n_loss_tokens for s in chunk)
+    weights = sequence_token_weights([s.n_loss_tokens for s in chunk], config.loss_aggregation,
+                                     config.max_new_tokens)
     sums = UpdateStats(first_loss=0.0, tokens=n_tokens)
     for indices in micro_batches([len(s) for s in chunk], config.micro_batch_tokens):
         micro = [chunk[i] for i in indices]
@@ -242,9 +245,11 @@ def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: Tra
         select = batch["loss_mask"]
         with autocast(bf16, device):
             logprobs, entropy = selected_logprobs(model, batch, config.temperature, with_entropy=True)
+        token_weights = torch.tensor([weights[i] for i in indices for _ in range(_loss_positions(chunk[i]))],
+                                     dtype=torch.float32, device=device)
         terms = grpo_loss(
             logprobs, batch["old_logprobs"][select].to(device), batch["advantages"][select].to(device),
-            torch.ones_like(logprobs, dtype=torch.bool), n_tokens,
+            torch.ones_like(logprobs, dtype=torch.bool), token_weights,
             clip_low=config.clip_range, clip_high=config.clip_range_high or config.clip_range,
             ref_logprobs=_flat(micro, "ref_logprobs", device) if config.kl_coef > 0 else None,
             kl_coef=config.kl_coef, entropy=entropy, entropy_coef=config.entropy_coef,
@@ -257,6 +262,11 @@ def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: Tra
         sums.clip_fraction += terms.clip_fraction
         sums.ratio_max = max(sums.ratio_max, terms.ratio_max)
     return sums
+
+
+def _loss_positions(sequence: TokenSequence) -> int:
+    """How many of the sequence's loss tokens the shifted forward predicts (all but one at position 0)."""
+    return sum(1 for j, m in enumerate(sequence.loss_mask) if m and j > 0)
 
 
 def _flat(sequences: Sequence[TokenSequence], attribute: str, device: torch.device) -> torch.Tensor:
@@ -329,17 +339,27 @@ def build_policy(config: TrainConfig) -> tuple[Any, Any, ReferencePolicy | None]
 
 
 def train(config: TrainConfig, *, dialogues: Sequence[Any] | None = None, max_steps: int | None = None,
-          on_step: Callable[[int, dict[str, Any]], None] | None = None, save_final: bool = True) -> GRPOResult:
+          on_step: Callable[[int, dict[str, Any]], None] | None = None, save_final: bool = True,
+          overwrite: bool = False) -> GRPOResult:
     """Run (or resume) GRPO as configured. ``max_steps`` stops early after that many steps of this call (the
     schedule still spans ``config.steps``: how an interrupted run is simulated). ``on_step(step, record)`` is
-    called after every step."""
+    called after every step. An ``output_dir`` that holds an earlier run is refused unless the config resumes
+    it or ``overwrite`` replaces it (its metrics, checkpoints and final model are removed first)."""
     from cm2_env.data import load_dialogues
-    from train.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+    from train.checkpoint import (TrainerState, clear_run, load_checkpoint, previous_run, resolve_resume,
+                                  save_checkpoint)
+    from train.config import ConfigError
     from train.metrics import MetricsLogger
 
     started = time.perf_counter()
     config.validate()
     out = Path(config.output_dir)
+    earlier = previous_run(out)
+    if earlier and not config.resume:
+        if not overwrite:
+            raise ConfigError(f"output_dir {out} already holds a run ({earlier}). Fix: --resume auto to continue "
+                              "it, --overwrite to replace it, or another --out")
+        clear_run(out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
     configure_torch(config)
@@ -350,7 +370,7 @@ def train(config: TrainConfig, *, dialogues: Sequence[Any] | None = None, max_st
     optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay, config.adam_betas)
     scheduler = make_scheduler(optimizer, config.steps * config.ppo_epochs * config.ppo_mini_batches,
                                config.warmup_ratio, config.lr_schedule)
-    resume_from = resolve_resume(config.resume, out)
+    resume_from = resolve_resume(config.resume, out, warn=lambda message: print(message, file=sys.stderr))
     state = load_checkpoint(resume_from, policy, optimizer, scheduler) if resume_from else TrainerState()
     logger = MetricsLogger(out, tensorboard=config.tensorboard, resume_step=state.step if resume_from else None)
     end = config.steps if max_steps is None else min(config.steps, state.step + max_steps)

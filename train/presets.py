@@ -160,7 +160,7 @@ def run_tiny_cpu(out: str | Path, seed: int = 0, preset: str = "tiny-cpu", on_pr
 
     grpo_config = config.updated(model=str(config.sft_dir))
     done = phase("grpo_s")
-    result = train(grpo_config, dialogues=all_dialogues,
+    result = train(grpo_config, dialogues=all_dialogues, overwrite=True,
                    on_step=lambda s, r: report("grpo", s, grpo_config.steps, {"reward": r.get("reward/mean")}))
     done()
 

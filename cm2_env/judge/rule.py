@@ -27,8 +27,10 @@ The rules, by the item's focus:
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import threading
 from typing import Any
 
 from cm2_env.data.models import ChecklistItem
@@ -39,6 +41,8 @@ from cm2_env.judge.transcript_view import TurnView
 from cm2_env.judge.values import (content_words, facts, facts_and_rest, leaf_pairs, parse_fragment,
                                   time_variant_present, values_agree, words)
 
+#: Transcripts longer than this (characters) are judged on a worker thread (see RuleJudge.judge).
+OFF_LOOP_CHARS = 20_000
 _NEGATIVE = re.compile(r"\b(avoid|avoided|refrain|refrained|hold off|abstain)\b", re.IGNORECASE)
 _INVENTED = re.compile(r"\b(guess|guessed|invent|invented|made-up|made up|not (?:yet )?(?:provided|given|specified|"
                        r"supplied|chosen|identified|approved)|never provided|never gave)\b", re.IGNORECASE)
@@ -51,30 +55,43 @@ class RuleJudge:
     name = "rule"
 
     def __init__(self) -> None:
+        self._lock = threading.Lock()
         self._counts = {"requests": 0, "items": 0, "llm_calls": 0, "prompt_tokens": 0, "completion_tokens": 0,
                         "errors": 0}
 
     async def judge(self, request: JudgeRequest) -> dict[str, Verdict]:
+        """The verdicts; a request over :data:`OFF_LOOP_CHARS` characters of transcript is decided on a worker
+        thread, so that one huge action cannot stall the other episodes of the event loop."""
+        if _transcript_chars(request) > OFF_LOOP_CHARS:
+            return await asyncio.to_thread(self.judge_sync, request)
         return self.judge_sync(request)
 
     def judge_sync(self, request: JudgeRequest) -> dict[str, Verdict]:
-        self._counts["requests"] += 1
         view = TurnView(request)
         out = {}
+        errors = 0
         for item in request.items:
-            self._counts["items"] += 1
             try:
                 decision = decide(item, view)
             except Exception as exc:  # a rule bug must not crash an episode; say so instead
-                self._counts["errors"] += 1
+                errors += 1
                 out[item.id] = Verdict(item.id, None, "rule", error=f"rule judge failed: {exc!r}")
                 continue
             out[item.id] = Verdict(item.id, decision.passed, "rule", details={
                 "rule": decision.rule, "confidence": decision.confidence, "why": decision.why})
+        with self._lock:  # judge_sync may run on worker threads
+            self._counts["requests"] += 1
+            self._counts["items"] += len(request.items)
+            self._counts["errors"] += errors
         return out
 
     def usage(self) -> dict[str, Any]:
         return dict(self._counts)
+
+
+def _transcript_chars(request: JudgeRequest) -> int:
+    return sum(len(str(m.get("content") or "")) + len(json.dumps(m.get("tool_calls") or []))
+               for m in request.current if isinstance(m, dict))
 
 
 def is_avoid_item(item: ChecklistItem) -> bool:

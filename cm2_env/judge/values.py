@@ -22,8 +22,10 @@ _ISO_DATE = re.compile(r"\b(\d{4})-(\d{1,2})-(\d{1,2})\b")
 _NAMED_DATE = re.compile(rf"\b({_MONTH_RE})\.?\s+(\d{{1,2}})(?:st|nd|rd|th)?\b(?:,?\s+(\d{{4}}))?", re.IGNORECASE)
 _DAY_MONTH = re.compile(rf"\b(\d{{1,2}})(?:st|nd|rd|th)?\s+(?:of\s+)?({_MONTH_RE})\b", re.IGNORECASE)
 _TIME = re.compile(r"\b(\d{1,2})(?::(\d{2}))?(?::\d{2})?\s*(a\.?m\.?|p\.?m\.?)?(?![\w:])", re.IGNORECASE)
-_EMAIL = re.compile(r"[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
-_IDENT = re.compile(r"\b(?=[\w-]*\d)(?=[\w-]*[a-zA-Z])[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+\b")
+# Each pattern may only start where its token starts (the lookbehinds): scanning a long unbroken token from every
+# position inside it would make the extraction quadratic in the token's length.
+_EMAIL = re.compile(r"(?<![\w.+-])[\w.+-]+@[\w-]+(?:\.[\w-]+)+")
+_IDENT = re.compile(r"(?<![\w-])(?=[\w-]*\d)(?=[\w-]*[a-zA-Z])[A-Za-z0-9]+(?:-[A-Za-z0-9]+)+\b")
 _NUMBER = re.compile(r"(?<![\w.])-?\d+(?:,\d{3})*(?:\.\d+)?(?![\w])")
 _WORD = re.compile(r"[a-z0-9]+")
 _DATETIME_FORMATS = ("%Y-%m-%d %H:%M:%S", "%Y-%m-%d %H:%M", "%Y-%m-%dT%H:%M:%S", "%Y-%m-%d", "%H:%M:%S", "%H:%M")
@@ -61,12 +63,12 @@ def facts_and_rest(text: str) -> tuple[set[str], str]:
     for match in _IDENT.finditer(rest):
         found.add("I" + match.group(0).lower())
     rest = _IDENT.sub(" ", rest)
-    for match in _TIME.finditer(rest):
+    def clock(match: re.Match) -> str:
         hour, minute, half = int(match.group(1)), match.group(2), (match.group(3) or "").lower().replace(".", "")
         if minute is None and not half:
-            continue  # a bare number, handled below
+            return match.group(0)  # a bare number, handled below
         if hour > 24 or (minute is not None and int(minute) > 59):
-            continue
+            return match.group(0)
         minutes = int(minute or 0)
         if half:
             hour = hour % 12 + (12 if half == "pm" else 0)
@@ -75,7 +77,9 @@ def facts_and_rest(text: str) -> tuple[set[str], str]:
             found.add(f"T{hour:02d}:{minutes:02d}")
             if hour < 12:
                 found.add(f"T{(hour + 12) % 24:02d}:{minutes:02d}")
-        rest = rest.replace(match.group(0), " ", 1)
+        return " "
+
+    rest = _TIME.sub(clock, rest)
     for match in _NUMBER.finditer(rest):
         found.add("N" + _number_token(match.group(0).replace(",", "")))
     return found, _NUMBER.sub(" ", rest)
