@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any, Sequence
 
 from agents.base import Agent, AgentStep
@@ -53,6 +54,10 @@ def make_agent(spec: str, dialogues: Sequence[Any] = (), **options: Any) -> Agen
         from agents.transformers_agent import TransformersAgent
 
         path = spec[len("hf:"):]
+        if not (Path(path) / "config.json").is_file():
+            raise ValueError(f"agent {spec!r}: {path!r} is not a local model folder (no config.json there). Fix: "
+                             "give the folder of a saved model, e.g. hf:runs/tiny-cpu/grpo/final (cm2 never "
+                             "downloads models)")
         return TransformersAgent(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path),
                                  **options)
     raise ValueError(f"unknown agent spec {spec!r}: use 'replay', 'probe:KIND', 'openai:URL#model' or 'hf:PATH'")

@@ -25,14 +25,25 @@ import click
 @click.option("--temperature", default=None, type=float, help="Sampling temperature for model agents.")
 @click.option("--max-new-tokens", default=None, type=int, help="Generation budget per action (hf: agents).")
 @click.option("--seed", default=0, show_default=True)
+@click.option("--resume", is_flag=True, help="Finish the run in --out: skip the episodes already written there.")
+@click.option("--overwrite", is_flag=True, help="Replace the episodes already in --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as one JSON object on the last line.")
 def rollout(dataset, agent_spec, simulator, judge, group_size, out_dir, limit, concurrency, reward_assignment,
-            temperature, max_new_tokens, seed, as_json):
-    """Run AGENT on every dialogue of DATASET (G episodes each) and summarise the checklist rewards."""
-    from agents import make_agent
-    from agents.rollout import run_rollouts, summarize
-    from cm2_env.data import load_dialogues
+            temperature, max_new_tokens, seed, resume, overwrite, as_json):
+    """Run AGENT on every dialogue of DATASET (G episodes each) and summarise the checklist rewards.
 
+    With --out, each episode is written to OUT/trajectories.jsonl as soon as it ends; a run that was stopped is
+    finished with --resume."""
+    from agents import make_agent
+    from agents.rollout import llm_usage, run_rollouts, summarize
+    from cm2_env.data import load_dialogues
+    from cm2_env.judge import make_judge
+    from cm2_env.simulator import make_simulator
+
+    if (resume or overwrite) and not out_dir:
+        raise click.UsageError("--resume and --overwrite need --out")
+    if resume and overwrite:
+        raise click.UsageError("give --resume or --overwrite, not both")
     dialogues = load_dialogues(dataset)[:limit]
     options = {}
     if temperature is not None:
@@ -40,20 +51,29 @@ def rollout(dataset, agent_spec, simulator, judge, group_size, out_dir, limit, c
     if max_new_tokens is not None and agent_spec.startswith("hf:"):
         options["max_new_tokens"] = max_new_tokens
     agent = make_agent(agent_spec, dialogues, **options)
+    simulator_backend, judge_backend = make_simulator(simulator), make_judge(judge)
     if judge == "rule":
         click.echo("note: the rule judge is an offline approximation of an LLM judge (see docs); "
                    "use an LLM judge for training-quality rewards.", err=True)
+    run_info = {"dataset": dataset, "agent": agent_spec, "simulator": simulator, "judge": judge, "limit": limit,
+                "reward_assignment": reward_assignment, "temperature": temperature, "max_new_tokens": max_new_tokens}
     start = time.perf_counter()
     results = run_rollouts(
         dialogues, agent, group_size=group_size, concurrency=concurrency, out_dir=out_dir, seed=seed,
-        env_kwargs={"simulator": simulator, "judge": judge, "reward_assignment": reward_assignment},
-        progress=sys.stderr.isatty(),
+        env_kwargs={"simulator": simulator_backend, "judge": judge_backend, "reward_assignment": reward_assignment},
+        resume=resume, overwrite=overwrite, run_info=run_info,
     )
     summary = summarize(results, dialogues)
+    summary["llm"] = llm_usage(agent, simulator_backend, judge_backend)
     summary["wall_s"] = round(time.perf_counter() - start, 3)
     _print_table(summary, agent_spec)
+    for role, usage in summary["llm"].items():
+        if usage.get("circuit_open"):
+            click.echo(f"{role} endpoint down: {usage['circuit_open']} call(s) failed at once with the circuit "
+                       f"open, {usage.get('failures', 0)} failed in all; see the failed episodes' failure field",
+                       err=True)
     if out_dir:
-        click.echo(f"trajectories and summary written to {out_dir}")
+        click.echo(f"trajectories and summary written to {out_dir}", err=as_json)
     if as_json:
         click.echo(json.dumps({k: v for k, v in summary.items()}))
 
@@ -74,6 +94,9 @@ def _print_table(summary: dict, agent_spec: str) -> None:
     for focus, row in summary["items_passed_by_focus"].items():
         rate = "n/a" if row["rate"] is None else f"{row['rate']:.3f}"
         table.add_row(f"passed: {focus}", f"{row['passed']}/{row['judged']} ({rate})")
-    llm_calls = sum(v for k, v in summary["usage"].items() if k.endswith("llm_calls"))
-    table.add_row("LLM calls", str(llm_calls))
+    for role, usage in summary.get("llm", {}).items():
+        table.add_row(f"LLM calls: {role}", f"{usage.get('calls', 0)} ({usage.get('requests', 0)} requests, "
+                                            f"{usage.get('failures', 0)} failed)")
+    if not summary.get("llm"):
+        table.add_row("LLM calls", "0")
     Console(stderr=False).print(table)

@@ -2,8 +2,9 @@
 
 Every episode is its own :class:`~cm2_env.env.CM2ToolUseEnv` (sharing one simulator and one judge object), driven
 through ``areset``/``astep``; a semaphore bounds how many episodes are in flight. A batch therefore costs about as
-long as its longest chain of sequential LLM calls (DESIGN.md, "Concurrency"). Results can be written to a run
-directory as JSONL trajectories plus a JSON summary.
+long as its longest chain of sequential LLM calls. With ``out_dir`` each episode is appended to
+``trajectories.jsonl`` (and flushed) the moment it ends, so a run killed half-way keeps every finished episode;
+``resume=True`` skips the episodes on disk that did not fail and runs the rest (failed ones again). ``summary.json`` is written at the end.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from typing import Any, Iterable, Mapping, Sequence
 
 from agents.base import AGENT_CONTEXT_KEYS, Agent, AgentStep, ContextLimitExceeded
 from agents.sampling import sampling_seed
+from cm2_env.progress import progress as progress_reporter
 from cm2_env.data import Dialogue
 
 
@@ -49,6 +51,19 @@ class EpisodeResult:
     def ended_early(self) -> bool:
         """Terminated by strictness before the last reference turn (not a failure, not a truncation)."""
         return not self.failed and not self.truncated and self.turns_reached < self.reference_turns
+
+    @classmethod
+    def from_json(cls, record: Mapping[str, Any]) -> "EpisodeResult":
+        """An episode read back from ``trajectories.jsonl`` (:meth:`to_json`; token ids are not kept there)."""
+        steps = [AgentStep(text=a.get("text", ""), message={}, usage=dict(a.get("usage") or {}))
+                 for a in record.get("actions", [])]
+        return cls(dialogue_id=record["dialogue_id"], group_index=int(record["group_index"]), steps=steps,
+                   messages=list(record.get("messages", [])), rewards=[float(r) for r in record.get("rewards", [])],
+                   reward_record=dict(record.get("reward_record") or {}), verdicts=record.get("verdicts"),
+                   failed=bool(record.get("failed")), failure=record.get("failure"),
+                   truncated=bool(record.get("truncated")), turns_reached=int(record.get("turns_reached", 0)),
+                   reference_turns=int(record.get("reference_turns", 0)), usage=dict(record.get("usage") or {}),
+                   end_reason=record.get("end_reason"))
 
     def to_json(self, include_tokens: bool = False) -> dict[str, Any]:
         steps = []
@@ -136,6 +151,9 @@ async def arun_rollouts(
     progress: bool = True,
     seed: int = 0,
     share_verdicts: bool = False,
+    resume: bool = False,
+    overwrite: bool = False,
+    run_info: Mapping[str, Any] | None = None,
 ) -> list[EpisodeResult]:
     """Run ``group_size`` episodes of every dialogue concurrently; results are ordered by (dialogue, group index).
 
@@ -145,6 +163,10 @@ async def arun_rollouts(
     episodes finish, so the results (ordered by dialogue, then group index) are the same at any concurrency.
     A dialogue listed twice forms one larger group: its second listing has group indices ``group_size ..
     2 * group_size - 1``, so no two episodes share a sampling key.
+
+    ``out_dir``: episodes are appended to ``trajectories.jsonl`` as they end (module docstring). A folder that
+    already holds episodes needs ``resume=True`` (skip them; ``run_info`` -- what defines the run, such as the
+    agent spec and seed -- must match the ``run.json`` written when it started) or ``overwrite=True``.
     """
     from cm2_env.env import CM2ToolUseEnv
     from cm2_env.judge import make_judge
@@ -162,24 +184,51 @@ async def arun_rollouts(
         listed[dialogue.id] += 1
         jobs.extend((d, first + g) for g in range(group_size))
     results: list[EpisodeResult | None] = [None] * len(jobs)
+    writer = RunWriter(out_dir, {**dict(run_info or {}), "seed": seed, "group_size": group_size},
+                       resume=resume, overwrite=overwrite) if out_dir is not None else None
+    if writer is not None:
+        for i, (d, g) in enumerate(jobs):
+            results[i] = writer.done.get((dialogues[d].id, g))
 
-    with _progress(progress, len(jobs)) as advance:
-        async def run(job_index: int, d: int, g: int) -> None:
-            async with limit:
-                env = CM2ToolUseEnv(dataset=[dialogues[d]], **kwargs)
-                try:
-                    results[job_index] = await arun_episode(env, agent, dialogues[d].id, g, seed=seed,
-                                                            share_verdicts=share_verdicts)
-                finally:
-                    env.close()
-            advance()
+    try:
+        with progress_reporter("rollouts", len(jobs), enabled=progress) as advance:
+            for result in results:
+                if result is not None:
+                    advance()
 
-        await asyncio.gather(*(run(i, d, g) for i, (d, g) in enumerate(jobs)))
+            async def run(job_index: int, d: int, g: int) -> None:
+                async with limit:
+                    env = CM2ToolUseEnv(dataset=[dialogues[d]], **kwargs)
+                    try:
+                        results[job_index] = await arun_episode(env, agent, dialogues[d].id, g, seed=seed,
+                                                                share_verdicts=share_verdicts)
+                    finally:
+                        env.close()
+                if writer is not None:
+                    writer.append(results[job_index])
+                advance()
 
+            await asyncio.gather(*(run(i, d, g) for i, (d, g) in enumerate(jobs) if results[i] is None))
+    finally:
+        if writer is not None:
+            writer.close()
     finished = [r for r in results if r is not None]
-    if out_dir is not None:
-        write_run(out_dir, finished, dialogues)
+    if writer is not None:
+        writer.write_summary({**summarize(finished, dialogues),
+                              "llm": llm_usage(agent, kwargs["simulator"], kwargs["judge"])})
     return finished
+
+
+def llm_usage(*backends: Any) -> dict[str, dict[str, Any]]:
+    """Per-role LLM accounting (calls, requests, retries, failures, tokens...) of the clients behind ``backends``
+    (an endpoint agent, an LLM simulator, an LLM or hybrid judge); roles without a client are absent."""
+    out: dict[str, dict[str, Any]] = {}
+    for backend in backends:
+        for holder in (backend, getattr(backend, "llm", None)):
+            client = getattr(holder, "client", None)
+            if client is not None and hasattr(client, "usage"):
+                out.update(client.usage())
+    return out
 
 
 def run_rollouts(dialogues: Sequence[Dialogue], agent: Agent, **kwargs: Any) -> list[EpisodeResult]:
@@ -216,15 +265,84 @@ def summarize(results: Sequence[EpisodeResult], dialogues: Iterable[Dialogue]) -
     }
 
 
-def write_run(out_dir: str | Path, results: Sequence[EpisodeResult], dialogues: Iterable[Dialogue]) -> Path:
-    """Write ``trajectories.jsonl`` and ``summary.json`` into ``out_dir``."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    with (out / "trajectories.jsonl").open("w", encoding="utf-8") as f:
-        for result in results:
-            f.write(json.dumps(result.to_json(), ensure_ascii=False) + "\n")
-    (out / "summary.json").write_text(json.dumps(summarize(results, dialogues), indent=2))
-    return out
+class RunWriter:
+    """The run folder of :func:`arun_rollouts`: ``run.json`` (what defines the run), ``trajectories.jsonl``
+    (one line per finished episode, appended and flushed as each ends) and ``summary.json``.
+
+    Opening a folder that holds episodes needs ``resume`` (the episodes that did not fail are read back into
+    :attr:`done`; failed ones and a line cut off by a kill are dropped, to be run again) or ``overwrite``. A record whose text cannot be written as UTF-8 (a lone surrogate) is
+    written with ASCII escapes instead: no record is ever lost to its encoding.
+    """
+
+    TRAJECTORIES = "trajectories.jsonl"
+
+    def __init__(self, out_dir: str | Path, run_info: Mapping[str, Any], *, resume: bool = False,
+                 overwrite: bool = False):
+        self.out = Path(out_dir)
+        if self.out.exists() and not self.out.is_dir():
+            raise ValueError(f"--out {self.out}: exists and is not a folder. Fix: give a folder path")
+        self.out.mkdir(parents=True, exist_ok=True)
+        path = self.out / self.TRAJECTORIES
+        info_path = self.out / "run.json"
+        self.done: dict[tuple[str, int], EpisodeResult] = {}
+        kept: list[str] = []
+        if path.exists() and path.stat().st_size > 0:
+            if overwrite:
+                path.unlink()
+            elif not resume:
+                raise ValueError(f"{self.out} already holds episodes ({path.name}). Fix: --resume to finish that "
+                                 "run, --overwrite to replace it, or another --out")
+            else:
+                previous = json.loads(info_path.read_text(encoding="utf-8")) if info_path.exists() else {}
+                changed = sorted(k for k in set(previous) | set(run_info)
+                                 if k in previous and k in run_info and previous[k] != run_info[k])
+                if changed:
+                    raise ValueError(f"--resume: {self.out} was started with other settings ({', '.join(changed)}: "
+                                     f"{[previous[k] for k in changed]} there, {[run_info[k] for k in changed]} "
+                                     "now). Fix: resume with the same settings, or use another --out")
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+                    try:
+                        episode = EpisodeResult.from_json(json.loads(line))
+                    except (ValueError, KeyError, TypeError):
+                        continue  # a line cut off when the run was killed
+                    if episode.failed:
+                        continue  # failed (a dead server, say): run it again
+                    self.done[(episode.dialogue_id, episode.group_index)] = episode
+                    kept.append(line)
+        info_path.write_text(json.dumps(dict(run_info), indent=2, default=str), encoding="utf-8")
+        if kept:  # rewrite without a partial last line, so appended records start on their own line
+            temporary = path.with_suffix(".jsonl.tmp")
+            temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+            temporary.replace(path)
+        self._file = path.open("a", encoding="utf-8")
+
+    def append(self, result: EpisodeResult | None) -> None:
+        if result is None:
+            return
+        self._file.write(json_line(result.to_json()))
+        self._file.flush()
+
+    def close(self) -> None:
+        if not self._file.closed:
+            self._file.close()
+
+    def write_summary(self, summary: Mapping[str, Any]) -> Path:
+        path = self.out / "summary.json"
+        temporary = path.with_suffix(".json.tmp")
+        temporary.write_text(json.dumps(summary, indent=2, ensure_ascii=True), encoding="utf-8")
+        temporary.replace(path)
+        return path
+
+
+def json_line(record: Any) -> str:
+    """One JSONL line for ``record``: readable UTF-8, or ASCII escapes when its text cannot be encoded (a lone
+    surrogate is valid in a Python string and in JSON text, not in UTF-8)."""
+    line = json.dumps(record, ensure_ascii=False)
+    try:
+        line.encode("utf-8")
+    except UnicodeEncodeError:
+        line = json.dumps(record, ensure_ascii=True)
+    return line + "\n"
 
 
 def _iter_turn_verdicts(verdicts: Any):
@@ -244,25 +362,3 @@ def _flatten(mapping: Mapping[str, Any], prefix: str = ""):
             yield from _flatten(value, name + ".")
         else:
             yield name, value
-
-
-class _progress:
-    """A rich progress bar over episodes, or a no-op when disabled."""
-
-    def __init__(self, enabled: bool, total: int):
-        self.enabled, self.total = enabled, total
-
-    def __enter__(self):
-        if not self.enabled:
-            return lambda: None
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self._bar = Progress(TextColumn("rollouts"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                             transient=False)
-        self._bar.start()
-        task = self._bar.add_task("episodes", total=self.total)
-        return lambda: self._bar.advance(task)
-
-    def __exit__(self, *exc: Any) -> None:
-        if self.enabled:
-            self._bar.stop()

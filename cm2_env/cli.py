@@ -8,6 +8,8 @@ Every sub-command lives next to the code it drives and is imported only when it 
 from __future__ import annotations
 
 import importlib
+import os
+from typing import Any
 
 import click
 
@@ -33,8 +35,32 @@ HELP: dict[str, str] = {
 }
 
 
+#: Errors of this kind mean the command was given bad input: one line, exit status 2 (as click's usage errors).
+USAGE_ERRORS: tuple[type[BaseException], ...] = (ValueError, TypeError, LookupError, OSError)
+
+
 class LazyGroup(click.Group):
-    """A click group whose sub-commands are imported on first use."""
+    """A click group whose sub-commands are imported on first use, and whose failures print one line.
+
+    A sub-command's exception becomes ``cm2 <command>: error: <message>`` on stderr -- exit status 2 for bad input
+    (:data:`USAGE_ERRORS`: a missing file, a bad spec or value), 1 for anything else -- unless ``--debug`` (or
+    ``CM2_DEBUG=1``) asks for the full traceback.
+    """
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except (click.ClickException, click.exceptions.Exit, click.Abort):
+            raise
+        except Exception as exc:  # noqa: BLE001 - the CLI's one place that turns errors into one line
+            if (ctx.obj or {}).get("debug") or os.environ.get("CM2_DEBUG") == "1":
+                raise
+            name = ctx.invoked_subcommand or "cm2"
+            message = " ".join(str(exc).split()) or type(exc).__name__
+            if isinstance(exc, OSError) and getattr(exc, "filename", None) and str(exc.filename) not in message:
+                message = f"{exc.filename}: {message}"
+            click.echo(f"cm2 {name}: error: {message} (--debug shows the traceback)", err=True)
+            ctx.exit(2 if isinstance(exc, USAGE_ERRORS) else 1)
 
     def list_commands(self, ctx: click.Context) -> list[str]:
         return sorted(COMMANDS)
@@ -69,8 +95,11 @@ def _unavailable(name: str, why: str) -> click.Command:
 
 @click.group(cls=LazyGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(package_name="cm2")
-def main() -> None:
+@click.option("--debug", is_flag=True, help="Show the full traceback when a command fails.")
+@click.pass_context
+def main(ctx: click.Context, debug: bool) -> None:
     """cm2: RL for tool-using LLM agents with checklist rewards (CM2, arXiv 2602.12268)."""
+    ctx.obj = {"debug": debug}
 
 
 if __name__ == "__main__":

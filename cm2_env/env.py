@@ -47,7 +47,7 @@ from cm2_env.render import render_transcript
 from cm2_env.reward import ASSIGNMENT_MODES, L_MODES
 from cm2_env.simulator.base import INVALID_CALL_SOURCES, ToolResult
 from cm2_env.spaces import TextSpace
-from cm2_env.toolcalls import ParsedAction, ParsedCall, parse, to_assistant_message
+from cm2_env.toolcalls import ParseError, ParsedAction, ParsedCall, parse, to_assistant_message
 
 INVALID_CALL_POLICIES: tuple[str, ...] = ("respond", "terminate")
 #: Defaults, in characters: a generous history (token budgets are the policy's business) and about the
@@ -101,6 +101,11 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         judge_options: dict[str, Any] | None = None,
         render_mode: str | None = None,
     ):
+        if not isinstance(strict, bool):
+            raise TypeError(f"strict must be True or False, got {strict!r}")
+        if isinstance(dataset, str) and not dataset.strip():
+            raise ValueError("dataset is empty; give a bundled dataset name ('tooltalk'), a JSONL/JSON path, or a "
+                             "list of dialogues")
         _check_choice("reward_assignment", reward_assignment, ASSIGNMENT_MODES)
         _check_choice("normaliser", normaliser, L_MODES)
         _check_choice("invalid_call_policy", invalid_call_policy, INVALID_CALL_POLICIES)
@@ -145,6 +150,12 @@ class CM2ToolUseEnv(gym.Env[str, str]):
 
     def _build_backend(self, role: str, spec: Any, options: dict[str, Any] | None) -> Any:
         if not isinstance(spec, str):
+            from cm2_env.judge import JUDGE_CHOICES, ChecklistJudge
+            from cm2_env.simulator import SIMULATOR_CHOICES, ToolSimulator
+
+            kind, choices = (ToolSimulator, SIMULATOR_CHOICES) if role == "simulator" else (ChecklistJudge, JUDGE_CHOICES)
+            if not isinstance(spec, kind):
+                raise TypeError(f"{role} must be {choices} or a {kind.__name__} object, got {spec!r}")
             if options:
                 raise ValueError(f"{role}_options only apply to a {role} spec string, not to a {role} object")
             return spec
@@ -209,7 +220,9 @@ class CM2ToolUseEnv(gym.Env[str, str]):
             raise RuntimeError(f"the episode has ended ({episode.end_reason}); call env.reset() to start a new one")
         clipped = isinstance(action, str) and len(action) > self.action_space.max_length
         text = action[: self.action_space.max_length] if clipped else action
-        parsed = parse(text)
+        # parse() reads None as "" (OpenAI messages carry content: null); an action must be a string, None too
+        parsed = parse(text) if text is not None else ParsedAction(
+            "", "", [], [ParseError("not_text", "the action must be a string, got NoneType", "None")])
         episode.usage["actions"] += 1
         turn = episode.current
         invalid = await self._act(episode, parsed, text)

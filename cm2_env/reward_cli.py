@@ -24,6 +24,7 @@ from typing import Any
 
 import click
 
+from cm2_env.data.io import read_text_file
 from cm2_env.reward.group import score_group
 from cm2_env.reward.items import F_NORMS, L_MODES
 
@@ -34,7 +35,10 @@ ROLLOUT_TURN_KEYS = ("steps", "first_satisfied")
 
 def read_groups(path: Path) -> list[tuple[int, Any, str | None]]:
     """``(line, decoded JSON, decoding error)`` per group: a whole-file JSON object or list, else JSONL."""
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path, "JSON or JSONL file of groups")
+    if not text.strip():
+        raise ValueError(f"{path}: the file holds no groups. Fix: one group JSON object per line "
+                         "(`cm2 reward compute --help` shows the format)")
     try:
         data = json.loads(text)
     except json.JSONDecodeError as whole_error:
@@ -86,6 +90,15 @@ def _check_items(turn: Any, field: str, problems: list[tuple[str, str]]) -> list
         deps = item.get("dependence", [])
         if not isinstance(deps, list) or not all(isinstance(d, str) for d in deps):
             problems.append((f"{where}.dependence", f"must be a list of item ids (got {deps!r})"))
+    weights = [item.get("weight") for item in turn["items"] if isinstance(item, dict)]
+    if all(isinstance(w, (int, float)) and not isinstance(w, bool) and math.isfinite(w) for w in weights):
+        try:
+            total = math.fsum(weights)
+        except OverflowError:
+            total = math.inf
+        if not math.isfinite(total) or total > 1 + 1e-6:
+            problems.append((f"{field}.items", f"the weights sum to {total:g}; a turn's weights sum to 1, so that R "
+                                               "stays in [0, 1]. Fix: divide each weight by their sum"))
     for k, item in enumerate(turn["items"]):
         if isinstance(item, dict) and isinstance(item.get("dependence"), list):
             for d in item["dependence"]:

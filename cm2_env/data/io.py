@@ -77,13 +77,26 @@ def resolve(path_or_name: str | Path) -> Path:
     return path
 
 
+def read_text_file(path: Path, what: str = "JSON or JSONL file") -> str:
+    """The UTF-8 text of ``path``; a folder or a binary file raises ValueError naming the file and the fix."""
+    path = Path(path)
+    if path.is_dir():
+        raise ValueError(f"{path}: is a folder, not a file. Fix: give a {what}")
+    data = path.read_bytes()
+    try:
+        return data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise ValueError(f"{path}: not UTF-8 text (byte {exc.start}: {data[exc.start:exc.start + 1]!r}); is it a "
+                         f"binary file? Fix: give a {what}") from None
+
+
 def read_records(path: Path) -> Iterator[RawRecord]:
     """Decode a JSONL file line by line, or a JSON file holding one record or a list of records.
 
     Blank lines are skipped. A line that is not valid JSON yields a record with ``error`` set, so a caller can
-    report it and keep going.
+    report it and keep going. A folder or a binary file raises ValueError (:func:`read_text_file`).
     """
-    text = path.read_text(encoding="utf-8")
+    text = read_text_file(path)
     stripped = text.lstrip()
     if path.suffix == ".json" or (stripped.startswith("[")):
         try:

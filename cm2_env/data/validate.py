@@ -50,7 +50,9 @@ def validate_file(path_or_name: str | Path) -> tuple[list[Dialogue], list[Proble
     dialogues: list[Dialogue] = []
     problems: list[Problem] = []
     first_line_of_id: dict[str, int] = {}
+    records = 0
     for raw in read_records(path):
+        records += 1
         dialogue, structural = parse_record(shown, raw)
         problems.extend(_with_fix(p) for p in structural)
         if dialogue is not None:
@@ -67,6 +69,8 @@ def validate_file(path_or_name: str | Path) -> tuple[list[Dialogue], list[Proble
                                     "give every dialogue of a file a unique id"))
         elif rid:
             first_line_of_id[rid] = raw.line
+    if records == 0:
+        problems.append(Problem(shown, 0, "", "", "the file holds no records; give one dialogue JSON object per line"))
     return dialogues, problems
 
 
@@ -75,13 +79,38 @@ def validate_dialogue(dialogue: Dialogue, path: str = "<dialogue>", line: int = 
     return validate_record(dialogue.to_record(), path, line)
 
 
+def unencodable_text(value: Any, field: str = "") -> Iterator[tuple[str, str]]:
+    """``(field path, text)`` of every string in a decoded JSON value that UTF-8 cannot encode (a lone surrogate
+    such as ``"\\ud800"`` is valid JSON but breaks every writer, tokenizer and server downstream)."""
+    if isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError:
+            yield field, value
+    elif isinstance(value, Mapping):
+        for key, item in value.items():
+            yield from unencodable_text(item, f"{field}.{key}" if field else str(key))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from unencodable_text(item, f"{field}.{index}" if field else str(index))
+
+
+def _around_surrogate(text: str) -> str:
+    index = next(i for i, c in enumerate(text) if "\ud800" <= c <= "\udfff")
+    return "..." + text[max(0, index - 20):index + 1].encode("utf-8", "backslashreplace").decode("ascii", "replace")
+
+
 def validate_record(record: Mapping[str, Any], path: str = "<record>", line: int = 0) -> list[Problem]:
     """The semantic problems of one raw record (a decoded JSON object), whatever its structural state."""
     # The model's input normalisation (uuid -> id, a single checklist variant -> a list of variants) keeps
     # field paths identical to those of the structural (pydantic) problems.
     data = normalise_record(record)
     rid = record_id(data)
-    findings: list[Finding] = list(tool_problems(data.get("tools")))
+    findings: list[Finding] = [
+        (field, f"text holds a lone surrogate ({_around_surrogate(text)}) that UTF-8 cannot encode. Fix: remove "
+                "it or replace it with the character it was meant to be")
+        for field, text in unencodable_text(data)]
+    findings.extend(tool_problems(data.get("tools")))
     messages = data.get("messages")
     if isinstance(messages, list):
         findings.extend(message_problems(messages, _tool_names(data.get("tools"))))

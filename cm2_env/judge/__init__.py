@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cm2_env.llm.spec import looks_like_llm_spec
 from cm2_env.judge.base import ChecklistJudge, JudgeRequest, Verdict
 from cm2_env.judge.hybrid import HybridJudge
 from cm2_env.judge.llm import LLMChecklistJudge
@@ -31,14 +32,15 @@ _LLM_OPTIONS = ("votes", "batch_items", "temperature", "top_p", "sampling", "att
                 "max_prompt_chars", "structured")
 
 
+JUDGE_CHOICES = "'rule', an LLM spec such as 'openai:http://HOST:PORT/v1#MODEL', or 'hybrid:' + an LLM spec"
+
+
 def make_judge(spec: Any = "rule", **options: Any) -> ChecklistJudge:
     """A judge from a spec string or object (see the module docstring)."""
-    if spec is None:
-        spec = "rule"
     if not isinstance(spec, str):
         if isinstance(spec, ChecklistJudge):
             return spec
-        raise TypeError(f"judge spec must be a string or a ChecklistJudge, got {type(spec).__name__}")
+        raise TypeError(f"judge must be {JUDGE_CHOICES} or a ChecklistJudge object, got {spec!r}")
     unknown = sorted(set(options) - {*_LLM_OPTIONS, "threshold", "llm_options", "client"})
     if unknown:
         raise TypeError(f"unknown judge option(s) {unknown}; known: {sorted({*_LLM_OPTIONS, 'threshold', 'llm_options', 'client'})}")
@@ -48,6 +50,8 @@ def make_judge(spec: Any = "rule", **options: Any) -> ChecklistJudge:
     hybrid = spec.startswith("hybrid:")
     llm_spec = spec[len("hybrid:"):] if hybrid else spec
     client = options.pop("client", None)
+    if client is None and not looks_like_llm_spec(llm_spec):
+        raise ValueError(f"unknown judge {spec!r}; choose {JUDGE_CHOICES}")
     if client is None:
         from cm2_env.llm import make_client
 

@@ -25,7 +25,7 @@ def judge() -> None:
               help="gold-verdict JSONL (default: the bundled calibration set)")
 @click.option("--dialogues", default="tooltalk", show_default=True, help="bundled dataset name or path")
 @click.option("--json", "as_json", is_flag=True, help="end with one JSON line holding every metric")
-@click.option("--limit", type=int, default=None, help="only the first N candidates")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="only the first N candidates")
 @click.option("--votes", type=int, default=1, show_default=True, help="LLM judge: votes per question")
 @click.option("--batch-items", is_flag=True, help="LLM judge: all items of an action in one request")
 @click.option("--temperature", type=float, default=None, help="LLM judge sampling temperature (default 0.6)")
@@ -34,7 +34,7 @@ def judge() -> None:
               help="LLM judge prompt budget in characters (default: no limit; longer prompts are cut, marked)")
 @click.option("--threshold", type=float, default=0.85, show_default=True,
               help="rule confidence a hybrid judge keeps (also the confident slice of the report)")
-@click.option("--concurrency", type=int, default=16, show_default=True, help="candidates judged at once")
+@click.option("--concurrency", type=click.IntRange(min=1), default=16, show_default=True, help="candidates judged at once")
 def eval_command(judge_spec: str, calibration_path: str | None, dialogues: str, as_json: bool, limit: int | None,
                  votes: int, batch_items: bool, temperature: float | None, top_p: float | None,
                  max_prompt_chars: int | None, threshold: float, concurrency: int) -> None:

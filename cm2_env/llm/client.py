@@ -12,7 +12,11 @@ subclass naming the endpoint, the role and what went wrong. Per call:
    rotate, recently failing endpoints cool down), then has ``timeout_s`` seconds;
 3. connection errors, timeouts, HTTP 408/409/429/5xx and 200s whose body is not a valid completion are retried up
    to ``max_retries`` times with exponential backoff and jitter (at least the server's Retry-After); other 4xx
-   fail at once. A 400 that rejects ``response_format`` marks the endpoint as lacking structured output and the
+   fail at once. Circuit breaker: once every endpoint has been unreachable ``breaker_failures`` times in a row
+   (connection errors, timeouts, 502/503/504) without answering anything for ``breaker_window_s``, calls fail
+   at once with ``LLMConnectionError`` (counted as
+   ``circuit_open`` in usage) until an endpoint's cooldown ends and a probe gets through -- a dead server
+   costs seconds, not every caller's full retry schedule. A 400 that rejects ``response_format`` marks the endpoint as lacking structured output and the
    request is resent without it (the answer is then parsed by ``extract_json``).
 
 The SDK's own retries are off (``max_retries=0``): this loop is the only one, so usage counts every attempt.
@@ -78,6 +82,8 @@ class ClientOptions:
     cache: str | Path | None = None
     cache_any_temperature: bool = False
     sampling: dict[str, Any] | None = None
+    breaker_failures: int = 5
+    breaker_window_s: float = 5.0
 
 
 class _Attempt(Exception):
@@ -181,6 +187,14 @@ class ChatClient:
         attempt = 0
         while True:
             attempt += 1
+            if self._pool.all_down(self.options.breaker_failures, self.options.breaker_window_s):
+                role.failures += 1
+                role.circuit_open += 1
+                urls = ", ".join(e.url for e in self._pool.endpoints)
+                raise LLMConnectionError(
+                    f"{self.role} endpoint(s) {urls} are down: unreachable {self.options.breaker_failures} times in a "
+                    "row (circuit open); failing at once until one answers again",
+                    endpoint=urls, model=self.model, role=self.role, attempts=attempt - 1)
             role.requests += 1
             try:
                 endpoint, result = await self._attempt(request, structured=format_dict is not None)
@@ -254,7 +268,7 @@ class ChatClient:
         ``_Attempt`` (with ``endpoint_url`` set). The rpm/tpm budget is taken before a slot is held."""
         estimate = await self._take_budget(request)
         endpoint = await self._pool.acquire()
-        endpoint_failed = False
+        endpoint_failed = unreachable = False
         try:
             body = await self._send(endpoint, request)
             if self._tpm is not None and isinstance(body, dict) and isinstance(body.get("usage"), dict):
@@ -263,9 +277,10 @@ class ChatClient:
         except _Attempt as failure:
             failure.endpoint_url = endpoint.url
             endpoint_failed = failure.retryable and failure.reason != "structured_output_unsupported"
+            unreachable = failure.reason in ("connection", "timeout") or failure.status in (502, 503, 504)
             raise
         finally:
-            self._pool.release(endpoint, failed=endpoint_failed)
+            self._pool.release(endpoint, failed=endpoint_failed, unreachable=unreachable)
 
     async def _take_budget(self, request: dict[str, Any]) -> int:
         estimate = 0

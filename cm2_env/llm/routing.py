@@ -10,7 +10,12 @@ Contract: ``await pool.acquire()`` returns the endpoint to send the next request
   alternate;
 - an endpoint whose last attempt failed (connection error, timeout, 429, 5xx) cools down for
   ``0.25 s * 2**(consecutive failures - 1)`` (at most ``max_cooldown_s``) and is used only when every endpoint
-  is cooling down — a dead endpoint that fails instantly would otherwise always look the least loaded.
+  is cooling down — a dead endpoint that fails instantly would otherwise always look the least loaded;
+- circuit breaker: an endpoint that could not be reached ``breaker_failures`` times in a row (connection
+  errors, timeouts, 502/503/504) and has not answered for ``breaker_window_s`` seconds (or never) is *down*
+  while it cools down -- a live server that fails some requests keeps answering others, so it never looks down.
+  When every endpoint is down, :meth:`all_down` is true and callers fail at once instead of retrying; when a
+  cooldown ends, the next request probes the endpoint again (one success closes the circuit).
 
 Single event loop, no locks: nothing awaits between choosing an endpoint and counting it.
 """
@@ -34,6 +39,8 @@ class Endpoint:
         self._next_sdk = 0
         self.in_flight = 0
         self.consecutive_failures = 0
+        self.unreachable_streak = 0  # attempts in a row that could not reach the server (circuit breaker)
+        self.last_answer = float("-inf")  # monotonic time of the last attempt the server answered
         self.cooldown_until = 0.0
         self.structured_output = True
 
@@ -119,8 +126,18 @@ class EndpointPool:
                 waiter.set_result(None)
                 return
 
-    def release(self, endpoint: Endpoint, *, failed: bool) -> None:
+    def all_down(self, breaker_failures: int, breaker_window_s: float) -> bool:
+        """Every endpoint is down: unreachable ``breaker_failures`` times in a row, silent for
+        ``breaker_window_s`` seconds, and still cooling down."""
+        now = time.monotonic()
+        return all(e.unreachable_streak >= breaker_failures and now - e.last_answer >= breaker_window_s
+                   and e.cooldown_until > now for e in self.endpoints)
+
+    def release(self, endpoint: Endpoint, *, failed: bool, unreachable: bool = False) -> None:
         endpoint.in_flight -= 1
+        endpoint.unreachable_streak = endpoint.unreachable_streak + 1 if unreachable else 0
+        if not unreachable:
+            endpoint.last_answer = time.monotonic()
         if failed:
             endpoint.consecutive_failures += 1
             cooldown = BASE_COOLDOWN_S * 2 ** min(endpoint.consecutive_failures - 1, 16)

@@ -55,15 +55,30 @@ class ChatSpec:
         return f"{self.provider}:{','.join(self.urls)}#{self.model}" + (f"?{query}" if query else "")
 
 
+def redact(spec: str) -> str:
+    """``spec`` with what could be a secret masked: URL credentials (``user:pass@``) and the values of options
+    whose names look like keys or tokens. Error messages show only this form."""
+    text = re.sub(r"(://)[^/@\s]*@", r"\1***@", str(spec))
+    return re.sub(r"([?&][^=&#\s]*(?:key|token|secret|password|auth)[^=&#\s]*=)[^&#\s]*", r"\1***", text,
+                  flags=re.IGNORECASE)
+
+
+def looks_like_llm_spec(spec: str) -> bool:
+    """Whether ``spec`` is meant as an LLM spec (it names a model with '#', a URL, or a provider prefix), as
+    opposed to a misspelt name such as 'rulee': the factories use it to list the valid choices instead."""
+    text = spec.strip()
+    return "#" in text or "://" in text or text.partition(":")[0].lower() in PROVIDERS
+
+
 def _fail(spec: str, problem: str, fix: str) -> LLMConfigError:
-    return LLMConfigError(f"invalid LLM spec {spec!r}: {problem}. Fix: {fix}. Form: "
+    return LLMConfigError(f"invalid LLM spec {redact(spec)!r}: {problem}. Fix: {fix}. Form: "
                           "[openai|vllm|sglang:]URL[,URL...]#MODEL[?option=value&...]")
 
 
 def _parse_url(spec: str, url: str) -> str:
     parts = urlsplit(url)
     if parts.scheme not in ("http", "https") or not parts.netloc:
-        raise _fail(spec, f"endpoint {url!r} is not an http(s) URL", "write e.g. http://127.0.0.1:8000/v1")
+        raise _fail(spec, f"endpoint {redact(url)!r} is not an http(s) URL", "write e.g. http://127.0.0.1:8000/v1")
     if "@" in parts.netloc:
         raise _fail(spec, "an endpoint URL holds credentials (user:password@)",
                     "remove them and pass the key with api_key= or an environment variable (key_env=VAR)")

@@ -9,6 +9,7 @@ no lock. ``as_dict()`` returns, per role::
      "requests": int,         # HTTP attempts sent
      "retries": int,          # attempts after the first one of a call
      "failures": int,         # calls that raised LLMError
+     "circuit_open": int,     # of those, calls failed at once because every endpoint was down
      "retry_reasons": {"http_429": int, "http_500": int, "timeout": int, "invalid_response": int, ...},
      "prompt_tokens": int, "completion_tokens": int,   # as reported by the server, successful attempts only
      "latency_s": {"mean", "p50", "p90", "p99", "max"}}  # successful, uncached calls, retries included
@@ -44,6 +45,7 @@ class RoleUsage:
     requests: int = 0
     retries: int = 0
     failures: int = 0
+    circuit_open: int = 0
     prompt_tokens: int = 0
     completion_tokens: int = 0
     retry_reasons: Counter = field(default_factory=Counter)
@@ -54,7 +56,8 @@ class RoleUsage:
         mean = sum(ordered) / len(ordered) if ordered else 0.0
         return {
             "calls": self.calls, "cache_hits": self.cache_hits, "requests": self.requests,
-            "retries": self.retries, "failures": self.failures, "retry_reasons": dict(self.retry_reasons),
+            "retries": self.retries, "failures": self.failures, "circuit_open": self.circuit_open,
+            "retry_reasons": dict(self.retry_reasons),
             "prompt_tokens": self.prompt_tokens, "completion_tokens": self.completion_tokens,
             "latency_s": {"mean": mean, "p50": percentile(ordered, 0.5), "p90": percentile(ordered, 0.9),
                           "p99": percentile(ordered, 0.99), "max": ordered[-1] if ordered else 0.0},

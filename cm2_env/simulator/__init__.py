@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from cm2_env.llm.spec import looks_like_llm_spec
 from cm2_env.simulator.base import INVALID_CALL_SOURCES, SimulatorEpisode, ToolResult, ToolSimulator
 from cm2_env.simulator.hybrid import HybridEpisode, HybridToolSimulator, RecordedCall, recorded_calls
 
@@ -25,18 +26,21 @@ __all__ = [
 ]
 
 
+SIMULATOR_CHOICES = "'replay' or an LLM spec such as 'openai:http://HOST:PORT/v1#MODEL'"
+
+
 def make_simulator(spec: Any = "replay", **options: Any) -> ToolSimulator:
     """A simulator from a spec string or object (see the module docstring)."""
-    if spec is None:
-        spec = "replay"
     if not isinstance(spec, str):
         if isinstance(spec, ToolSimulator):
             return spec
-        raise TypeError(f"simulator spec must be a string or a ToolSimulator, got {type(spec).__name__}")
+        raise TypeError(f"simulator must be {SIMULATOR_CHOICES} or a ToolSimulator object, got {spec!r}")
     llm_options = dict(options.pop("llm_options", None) or {})
     client = options.pop("client", None)
     if spec.strip() == "replay":
         return HybridToolSimulator(client, **options)
+    if client is None and not looks_like_llm_spec(spec):
+        raise ValueError(f"unknown simulator {spec!r}; choose {SIMULATOR_CHOICES}")
     if client is None:
         from cm2_env.llm import make_client
 

@@ -149,9 +149,10 @@ class HybridEpisode:
         return result
 
     def usage(self) -> dict[str, int]:
-        """Calls per source, cache hits, LLM calls and tokens of this episode."""
+        """Calls per source, cache hits, LLM calls, answers that broke the output contract (``bad_answers``) and
+        tokens of this episode."""
         keys = ("replay", "llm", "schema_error", "unknown_tool", "no_simulator", "failed",
-                "cache_hits", "llm_calls", "prompt_tokens", "completion_tokens")
+                "cache_hits", "llm_calls", "bad_answers", "prompt_tokens", "completion_tokens")
         return {key: int(self._counts.get(key, 0)) for key in keys}
 
     # -- the steps -------------------------------------------------------------------------------------------
@@ -234,6 +235,8 @@ class HybridEpisode:
             result = execution_result(extract_json(reply.text or ""))
             if result is not None:
                 return ToolResult(json.dumps(result, ensure_ascii=False), "llm")
+            self._counts["bad_answers"] += 1
+            reason = "the answer broke the contract: no JSON object with execution_result"
         return ToolResult(error_content(f"tool simulator failed: {reason}"), "failed", "simulator_failed")
 
     # -- the prompt ------------------------------------------------------------------------------------------
@@ -266,13 +269,15 @@ class HybridEpisode:
 
 
 def execution_result(parsed: Any) -> Any:
-    """The tool response inside a parsed simulator answer, or None.
+    """The tool response inside a parsed simulator answer, or None when the answer breaks the contract.
 
-    Tolerant: ``{"execution_result": X}`` gives X (an object or array; a scalar is wrapped as ``{"result": X}``);
-    an object without that key but with other keys than ``analysis`` is taken as the result itself.
+    The contract is a JSON object with ``execution_result`` (and ``analysis``): ``{"execution_result": X}`` gives X
+    (an object or array; a scalar is wrapped as ``{"result": X}``; a string holding JSON is decoded). Anything
+    else -- another object (say, the arguments of a few-shot example, when a server echoes its prompt), a bare
+    list, a null result -- is None: the simulator asks again, then fails the call.
     """
     if not isinstance(parsed, dict):
-        return parsed if isinstance(parsed, list) else None
+        return None
     if "execution_result" in parsed:
         value = parsed["execution_result"]
         if isinstance(value, str):  # some models put the JSON result in a string
@@ -283,8 +288,7 @@ def execution_result(parsed: Any) -> Any:
         if value is None:
             return None
         return value if isinstance(value, (dict, list)) else {"result": value}
-    rest = {k: v for k, v in parsed.items() if k != "analysis"}
-    return rest or None
+    return None
 
 
 def _dumps(value: Any) -> str:
