@@ -36,8 +36,12 @@ class PrivateLoop:
         self._loop = None
 
     def __del__(self) -> None:
-        # A loop dropped without close() should not leak (a ResourceWarning in tests).
-        self.close()
+        # A loop dropped without close() should not leak (a ResourceWarning in tests). At interpreter exit the
+        # modules it needs may already be gone: then there is nothing left to leak.
+        try:
+            self.close()
+        except Exception:  # noqa: BLE001
+            pass
 
 
 async def close_backends(backends: list[Any]) -> None:
