@@ -4,7 +4,7 @@ An agent sees the visible history as OpenAI chat messages plus the OpenAI functi
 action: the assistant's output for this step. The environment's action space is text, so every agent returns
 ``AgentStep.text`` (Hermes/Qwen style: optional ``<think>`` block, then ``<tool_call>{...}</tool_call>`` blocks
 or a final reply); ``AgentStep.message`` is the same action as an OpenAI assistant message for callers that
-prefer structure. Trainable agents also fill the token bookkeeping fields (DESIGN.md, "Training token
+prefer structure. Trainable agents also fill the token bookkeeping fields (docs/architecture.md, "Token
 bookkeeping"): the exact prompt and generated token ids and the sampling logprobs.
 """
 

@@ -125,7 +125,7 @@ def web_search_unavailable(environ: dict[str, str] | None = None) -> str | None:
 class BfclOptions:
     """One BFCL run. ``limit``: first N entries of each category (None: all). ``name``: BFCL's model name
     (default ``cm2-<policy>`` plus ``-FC`` in function-calling mode). ``clear_instance_cache=False`` only to
-    reproduce BFCL's backend-instance-cache pitfall (BENCHMARKS.md)."""
+    reproduce BFCL's backend-instance-cache pitfall (docs/benchmarks.md)."""
 
     policy: str
     out: Path
@@ -243,7 +243,7 @@ def installed_bfcl_version() -> str:
     except metadata.PackageNotFoundError:
         raise BfclError(
             f"bfcl-eval is not installed: pip install --no-deps bfcl-eval=={BFCL_EVAL_VERSION} "
-            "and pip install 'cm2[bfcl]' (the minimal dependency set, ENVIRONMENT.md)"
+            "and pip install 'cm2[bfcl]' (the minimal dependency set, docs/benchmarks.md)"
         ) from None
 
 

@@ -18,7 +18,7 @@ process; for each run the worker
    which writes ``score/<name>/.../BFCL_v4_<category>_score.json``.
 
 BFCL caches backend instances in module globals keyed by model name and entry id; the cache is cleared before
-and after every run (BENCHMARKS.md, PITFALL) unless ``clear_instance_cache`` is false.
+and after every run (docs/benchmarks.md, the instance cache) unless ``clear_instance_cache`` is false.
 Progress goes to the original stdout as JSON lines (``{"event": ...}``); everything BFCL prints goes to the log.
 """
 
@@ -48,7 +48,7 @@ INFERENCE_ERROR_PREFIX = "Error during inference"
 
 
 def install_bfcl_import_shims() -> None:
-    """Make BFCL's registry and eval runner importable with the minimal install (ENVIRONMENT.md).
+    """Make BFCL's registry and eval runner importable with the minimal install (docs/benchmarks.md, "Install").
 
     ``bfcl_eval.constants.model_config`` imports every vendor SDK (anthropic, cohere, ...) to build its table;
     where that fails, an empty registry with the same ``ModelConfig`` fields stands in (we only register our own

@@ -2,7 +2,7 @@
 
 Every sub-command lives next to the code it drives and is imported only when it is invoked, so
 ``cm2 data stats`` never pays for importing torch, and ``cm2_env`` never imports ``agents``, ``train`` or
-``benchmarks`` at module level (DESIGN.md, layers).
+``benchmarks`` at module level (docs/architecture.md, "Layers").
 """
 
 from __future__ import annotations

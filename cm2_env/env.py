@@ -1,6 +1,6 @@
 """CM2ToolUse-v0: multi-turn, multi-step tool use with checklist rewards, as a Gymnasium environment.
 
-Contract (DESIGN.md, "The flow of one episode"; CM2_SPEC.md, "Rollout"):
+Contract (docs/architecture.md, "One episode"; docs/method.md, "Episodes"):
 
 - An episode replays one reference dialogue. ``reset`` picks it (``options={"dialogue_id": ...}``, else drawn with
   the env's seeded ``np_random``) and returns the system prompt and the first user message.

@@ -61,7 +61,7 @@ def plan_dialogue(dialogue: Dialogue, variants: str = "first") -> DialoguePlan:
         if len(dialogue.checklists[k]) != len(turns):
             raise ValueError(
                 f"dialogue {dialogue.id!r}: checklist variant {k} has {len(dialogue.checklists[k])} turn entries "
-                f"but the dialogue has {len(turns)} turns; give exactly one item list per turn (DATA_FORMAT.md)"
+                f"but the dialogue has {len(turns)} turns; give exactly one item list per turn (docs/data_format.md)"
             )
     checklists = tuple(
         tuple(tuple(dialogue.checklists[k][t]) for k in range(n_variants)) if n_variants else ((),)

@@ -113,7 +113,7 @@ def test_oracle_after_a_wrong_run_under_the_same_name_in_one_process_still_score
 
 
 def test_without_clearing_bfcls_instance_cache_the_same_sequence_fails(tmp_path):
-    # The pitfall the adapter guards against (BENCHMARKS.md): proves the test above can fail.
+    # The pitfall the adapter guards against (docs/benchmarks.md): proves the test above can fail.
     _, oracle = _wrong_then_oracle(tmp_path, clear=False)
     assert oracle.categories["multi_turn_base"]["accuracy"] < 100.0
 

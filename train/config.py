@@ -34,7 +34,7 @@ class ConfigError(ValueError):
 
 @dataclass
 class TrainConfig:
-    """Every hyper-parameter of a run (defaults follow the paper's RL recipe where it has one, CM2_SPEC.md)."""
+    """Every hyper-parameter of a run (defaults follow the paper's RL recipe where it has one, docs/method.md)."""
 
     # --- model -------------------------------------------------------------------------------------------
     model: str = ""  # local HF folder (config + weights); required
@@ -106,7 +106,7 @@ class TrainConfig:
     sft_batch_size: int = 64  # dialogues per optimizer step (paper: 64)
     sft_micro_batch_tokens: int = 8192
     sft_max_length: int = 10240  # dialogues longer than this are cut (tokens)
-    sft_init_special_embeddings: bool = False  # CM2_SPEC.md: mean of related word embeddings
+    sft_init_special_embeddings: bool = False  # docs/method.md: mean of related word embeddings
     sft_output_dir: str = ""  # "" = <output_dir>/sft
 
     # --- bookkeeping ---------------------------------------------------------------------------------------

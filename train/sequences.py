@@ -4,7 +4,7 @@ A :class:`TokenSequence` is a list of token ids with, per token, whether it carr
 the policy, or is an assistant token of a reference dialogue), its sampling logprob and its advantage.
 
 - GRPO (:func:`episode_sequences`): an episode's actions are ``(prompt_ids, completion_ids, logprobs)`` exactly
-  as sampled (DESIGN.md, "Training token bookkeeping"). When an action's prompt starts with everything before it
+  as sampled (docs/architecture.md, "Token bookkeeping"). When an action's prompt starts with everything before it
   (the previous prompt + completion), the two are merged into one sequence: the completion tokens sit at the
   same positions after the same prefix, so their logprobs are unchanged, and the shared prefix is processed
   once. When the chat template does not reproduce the sampled ids (re-tokenised history, dropped ``<think>``),

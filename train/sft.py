@@ -1,4 +1,4 @@
-"""Cold-start supervised fine-tuning on reference dialogues: loss on assistant tokens only (CM2_SPEC.md).
+"""Cold-start supervised fine-tuning on reference dialogues: loss on assistant tokens only (docs/method.md).
 
 Contract of :func:`run_sft`: tokenise every dialogue with the tokenizer's chat template (tools included), build
 exact assistant-token masks by rendering prefixes (:func:`train.sequences.dialogue_sequences`), train with AdamW
@@ -26,7 +26,7 @@ from train.policy import (autocast, configure_torch, eos_token_id, load_model, l
                           make_scheduler, model_device, pad_token_id, selected_logprobs, use_bf16)
 from train.sequences import TokenSequence, collate, dialogue_sequences, micro_batches
 
-#: CM2_SPEC.md, "Training recipe": markup tokens and the words whose embeddings they start from.
+#: docs/method.md, "Training recipe": markup tokens and the words whose embeddings they start from.
 RELATED_WORDS: dict[str, tuple[str, ...]] = {
     "<think>": ("think", "begin"),
     "</think>": ("think", "finish"),

@@ -1,7 +1,7 @@
 """Build a tiny Qwen3-shaped model and a byte-level BPE tokenizer locally, with no download.
 
 Used by the ``tiny-cpu`` training preset, by tests, and as the model a vLLM CPU server serves in integration
-tests (ENVIRONMENT.md, "Building a tiny model offline"). The tokenizer is trained on the bundled dialogues, has
+tests (docs/training.md, "The tiny CPU run"). The tokenizer is trained on the bundled dialogues, has
 the ChatML special tokens (``<|im_start|>``, ``<|im_end|>``, ``<|endoftext|>``) and the Hermes/Qwen markup tokens
 (``<tool_call>``, ``</tool_call>``, ``<tool_response>``, ``</tool_response>``, ``<think>``, ``</think>``) as added
 non-special tokens, so ``skip_special_tokens=True`` keeps them. Its chat template renders OpenAI messages and
@@ -45,7 +45,7 @@ PRESETS: dict[str, TinyShape] = {
     # ~4.5M parameters with an 8k cross-word vocabulary: fast enough for GRPO on 2 CPU cores.
     "tiny-cpu": TinyShape(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                           num_key_value_heads=2, vocab_size=8192, merge_across_words=True),
-    # What the vLLM CPU integration tests serve (ENVIRONMENT.md).
+    # What the vLLM CPU integration tests serve (docs/llm.md: vLLM's CPU attention needs head_dim 64).
     "vllm": TinyShape(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2,
                       num_key_value_heads=1, max_position_embeddings=2048),
 }

@@ -1,6 +1,6 @@
 """Checklist annotation: an annotator LLM writes the checklist of every turn from the reference trajectory.
 
-Contract of :func:`annotate_dialogue` (CM2_SPEC.md "Checklists"; DATA_FORMAT.md "Checklist item" and "Rules a
+Contract of :func:`annotate_dialogue` (docs/data_format.md, "A checklist item" and "What makes a
 good checklist follows"):
 
 1. One request per dialogue (the paper's cost model): the labeling rules (``prompts/checklist_system.txt``), the

@@ -1,6 +1,6 @@
 """CoT compression: rewrite each ``<think>`` block of a dialogue shorter, leaving every other byte unchanged.
 
-Contract of :func:`compress_dialogue` (CM2_SPEC.md, "Training recipe": "CoT compressed by GPT-5"):
+Contract of :func:`compress_dialogue` (docs/method.md, "Training recipe": reasoning compressed by an LLM):
 
 - Every assistant message whose content is exactly one leading ``<think>...</think>`` block followed by the rest
   (the ``think_tags`` rule of :mod:`cm2_env.data.filters`) and whose thinking has at least ``min_chars``

@@ -1,6 +1,6 @@
 """The LLM filter of the CM2 recipe: a strict yes/no "NoError" review in successive passes of rising effort.
 
-Contract of :func:`review_dialogue` (CM2_SPEC.md, "LLM filter"):
+Contract of :func:`review_dialogue` (docs/method.md, "Training recipe"; docs/data_pipeline.md):
 
 - The reviewer sees the tools and the whole dialogue (``prompts/review_*.txt``) and answers one JSON object
   ``{"errors": [...], "NoError": bool}``.

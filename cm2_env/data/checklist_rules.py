@@ -1,4 +1,4 @@
-"""The checklist rules of docs/DATA_FORMAT.md, checked on raw (possibly malformed) checklist data.
+"""The checklist rules of docs/data_format.md, checked on raw (possibly malformed) checklist data.
 
 Contract: every function takes decoded JSON (lists/dicts) and the turns of the dialogue, and yields
 ``(field path, message)`` findings; parts whose structure is broken are skipped (the pydantic models report
@@ -23,7 +23,7 @@ Finding = tuple[str, str]  # (field path, message)
 
 
 def checklist_problems(checklists: Any, turns: list[Turn]) -> Iterator[Finding]:
-    """The checklist rules of DATA_FORMAT.md for every variant and turn."""
+    """The checklist rules of docs/data_format.md for every variant and turn."""
     if not isinstance(checklists, list):
         return
     for v, variant in enumerate(checklists):

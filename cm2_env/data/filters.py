@@ -1,4 +1,4 @@
-"""Rule-based data filters of the CM2 recipe (docs/CM2_SPEC.md, "Rule-based filters"; any failure rejects).
+"""Rule-based data filters of the CM2 recipe (docs/data_pipeline.md; any failure rejects).
 
 Contract: every criterion is a pure function ``(record) -> str | None`` on a *raw* decoded JSON record (so
 records the pydantic model would reject can still be filtered, each with a reason). It returns ``None`` when the

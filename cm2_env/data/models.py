@@ -1,4 +1,4 @@
-"""Pydantic v2 models of the CM2 dialogue format (docs/DATA_FORMAT.md).
+"""Pydantic v2 models of the CM2 dialogue format (docs/data_format.md).
 
 A :class:`Dialogue` is one JSONL record: OpenAI function ``tools``, OpenAI chat ``messages`` and optional
 ``checklists`` (a list of variants; a variant holds one list of :class:`ChecklistItem` per turn).

@@ -1,4 +1,4 @@
-"""Turns, steps, agent actions and the canonical renderings (docs/DATA_FORMAT.md, "Turns and steps").
+"""Turns, steps, agent actions and the canonical renderings (docs/data_format.md, "Turns, steps and actions").
 
 - Turn t (0-based) = the t-th user message and everything up to the next user message. Messages before the
   first user message (the system prompt) belong to no turn.
@@ -188,7 +188,7 @@ def render_tool_calls(tool_calls: Iterable[Any] | None) -> str:
 
 
 def render(message: MessageLike, source: str) -> str:
-    """The canonical rendering of ``message`` for an evidence source / focus (DATA_FORMAT.md, "Renderings").
+    """The canonical rendering of ``message`` for an evidence source / focus (docs/data_format.md, "A checklist item").
 
     Returns ``""`` when the message's role does not match the source's role.
     """

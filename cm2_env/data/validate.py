@@ -12,7 +12,7 @@ Contract:
   reported. Parts that are structurally broken are skipped here (already reported).
 - Semantic rules: tool schemas are JSON Schema objects (meta-schema check) with unique names; tool calls name a
   known tool and carry a JSON object as arguments; every turn ends with a reply; and the checklist rules of
-  docs/DATA_FORMAT.md (one entry per turn, weights sum to 1 per turn, unique item ids, dependency targets exist,
+  docs/data_format.md (one entry per turn, weights sum to 1 per turn, unique item ids, dependency targets exist,
   focus on ``tool.content`` and form no cycle, evidence pointers in range, snippets verbatim substrings of the
   canonical rendering). Dialogue ids are unique within a file.
 

@@ -1,4 +1,4 @@
-"""Checklist judges: decide which checklist items a transcript prefix satisfies (CM2_SPEC.md, "Judge").
+"""Checklist judges: decide which checklist items a transcript prefix satisfies (docs/judges.md).
 
 ``make_judge(spec, **options)``:
 

@@ -1,6 +1,6 @@
 """Checklist variants: judge each variant of a turn's checklist and aggregate the item verdicts.
 
-A dialogue may carry several checklist variants (DATA_FORMAT.md). ``judge_variants`` asks the judge about the
+A dialogue may carry several checklist variants (docs/data_format.md). ``judge_variants`` asks the judge about the
 same transcript once per variant; ``aggregate_verdicts`` combines the verdicts of items that share an id:
 "majority" (strict majority of the decided verdicts; errors only when no variant decided) or "all"/"any".
 Reward-level aggregation across variants (mean of rewards) lives in ``cm2_env.reward.variants``.

@@ -1,4 +1,4 @@
-"""Tool simulators: answer the agent's tool calls during an episode (CM2_SPEC.md, "Hybrid tool simulator").
+"""Tool simulators: answer the agent's tool calls during an episode (docs/method.md, "Tools: the hybrid simulator").
 
 ``make_simulator(spec, **options)`` builds one from a spec:
 

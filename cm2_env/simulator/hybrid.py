@@ -1,4 +1,4 @@
-"""The hybrid tool simulator (CM2_SPEC.md, "Hybrid tool simulator").
+"""The hybrid tool simulator (docs/method.md, "Tools: the hybrid simulator").
 
 Contract: :class:`HybridToolSimulator` opens one :class:`HybridEpisode` per episode. ``await
 episode.execute(name, arguments, turn=t)`` answers one call, in this order:
