@@ -157,8 +157,9 @@ async def arun_rollouts(
 ) -> list[EpisodeResult]:
     """Run ``group_size`` episodes of every dialogue concurrently; results are ordered by (dialogue, group index).
 
-    ``env_kwargs`` go to :class:`~cm2_env.env.CM2ToolUseEnv`; a simulator or judge given as a spec string is built
-    once here and shared by all episodes. Episode ``(d, g)`` runs with the rollout seed ``seed`` (see
+    ``env_kwargs`` go to :class:`~cm2_env.env.CM2ToolUseEnv`; a simulator or judge given as a spec string (with
+    its ``simulator_options`` / ``judge_options``) is built once here, shared by all episodes, and closed at the
+    end (:func:`cm2_env.backends.build_backends`). Episode ``(d, g)`` runs with the rollout seed ``seed`` (see
     :func:`arun_episode`): its resets and sampling depend on ``(seed, dialogue id, g)``, not on the order in which
     episodes finish, so the results (ordered by dialogue, then group index) are the same at any concurrency.
     A dialogue listed twice forms one larger group: its second listing has group indices ``group_size ..
@@ -168,13 +169,14 @@ async def arun_rollouts(
     already holds episodes needs ``resume=True`` (skip them; ``run_info`` -- what defines the run, such as the
     agent spec and seed -- must match the ``run.json`` written when it started) or ``overwrite=True``.
     """
+    from cm2_env.backends import build_backends
     from cm2_env.env import CM2ToolUseEnv
-    from cm2_env.judge import make_judge
-    from cm2_env.simulator import make_simulator
 
     kwargs = dict(env_kwargs or {})
-    kwargs["simulator"] = make_simulator(kwargs.get("simulator", "replay"))
-    kwargs["judge"] = make_judge(kwargs.get("judge", "rule"))
+    backends = build_backends(kwargs.pop("simulator", "replay"), kwargs.pop("judge", "rule"),
+                              simulator_options=kwargs.pop("simulator_options", None),
+                              judge_options=kwargs.pop("judge_options", None))
+    kwargs.update(simulator=backends.simulator, judge=backends.judge)
     dialogues = list(dialogues)
     limit = asyncio.Semaphore(max(1, concurrency))
     listed: Counter = Counter()
@@ -212,6 +214,7 @@ async def arun_rollouts(
     finally:
         if writer is not None:
             writer.close()
+        await backends.aclose()  # what was built here from spec strings (an LLM judge's client, say)
     finished = [r for r in results if r is not None]
     if writer is not None:
         writer.write_summary({**summarize(finished, dialogues),

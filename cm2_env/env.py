@@ -42,7 +42,8 @@ from cm2_env.data.models import Dialogue
 from cm2_env.data.turns import turn_complete
 from cm2_env.episode import VARIANT_MODES, DialoguePlan, EpisodeState, plan_dialogue
 from cm2_env.judge.base import JudgeRequest
-from cm2_env.loop import PrivateLoop, close_backends
+from cm2_env.backends import build_backends
+from cm2_env.loop import PrivateLoop
 from cm2_env.render import render_transcript
 from cm2_env.reward import ASSIGNMENT_MODES, L_MODES
 from cm2_env.simulator.base import INVALID_CALL_SOURCES, ToolResult
@@ -138,34 +139,17 @@ class CM2ToolUseEnv(gym.Env[str, str]):
                 raise ValueError(f"dataset {dataset!r}: dialogue id {dialogue.id!r} occurs twice; ids must be unique")
             self._index[dialogue.id] = i
         self._plans: dict[str, DialoguePlan] = {}
-        self._owned: list[Any] = []  # backends built here from spec strings (closed by close())
-        self.simulator = self._build_backend("simulator", simulator, simulator_options)
-        self.judge = self._build_backend("judge", judge, judge_options)
+        # backends built here from spec strings are owned (and closed by close()); objects are used as given
+        self._backends = build_backends(simulator, judge, simulator_options=simulator_options,
+                                        judge_options=judge_options)
+        self.simulator = self._backends.simulator
+        self.judge = self._backends.judge
 
         self._episode: EpisodeState | None = None
         self._sim_episode: Any = None
         self._sync = PrivateLoop("use `await env.unwrapped.areset(...)` / `await env.unwrapped.astep(...)` there")
 
     # --- construction ---------------------------------------------------------------------------------
-
-    def _build_backend(self, role: str, spec: Any, options: dict[str, Any] | None) -> Any:
-        if not isinstance(spec, str):
-            from cm2_env.judge import JUDGE_CHOICES, ChecklistJudge
-            from cm2_env.simulator import SIMULATOR_CHOICES, ToolSimulator
-
-            kind, choices = (ToolSimulator, SIMULATOR_CHOICES) if role == "simulator" else (ChecklistJudge, JUDGE_CHOICES)
-            if not isinstance(spec, kind):
-                raise TypeError(f"{role} must be {choices} or a {kind.__name__} object, got {spec!r}")
-            if options:
-                raise ValueError(f"{role}_options only apply to a {role} spec string, not to a {role} object")
-            return spec
-        if role == "simulator":
-            from cm2_env.simulator import make_simulator as factory
-        else:
-            from cm2_env.judge import make_judge as factory
-        backend = factory(spec, **(options or {}))
-        self._owned.append(backend)
-        return backend
 
     @property
     def dialogues(self) -> list[Dialogue]:
@@ -432,10 +416,9 @@ class CM2ToolUseEnv(gym.Env[str, str]):
 
     def close(self) -> None:
         """Close backends this env built from spec strings (not objects passed in) and the private loop."""
-        owned, self._owned = self._owned, []
-        if owned:
+        if self._backends.owned:
             try:
-                self._run(close_backends(owned))
+                self._run(self._backends.aclose())
             except RuntimeError:  # closed inside a running loop (async use): that loop's owner closes them
                 pass
         self._sync.close()

@@ -32,7 +32,8 @@ from gymnasium.vector import AutoresetMode, VectorEnv
 from gymnasium.vector.utils import batch_space
 
 from cm2_env.env import CM2ToolUseEnv
-from cm2_env.loop import PrivateLoop, close_backends
+from cm2_env.backends import build_backends
+from cm2_env.loop import PrivateLoop
 
 
 class CM2VectorEnv(VectorEnv):
@@ -48,9 +49,13 @@ class CM2VectorEnv(VectorEnv):
         self.autoreset_mode = AutoresetMode(autoreset_mode)
         self.metadata = {"autoreset_mode": self.autoreset_mode, "render_modes": ["ansi"]}
         self.render_mode = env_kwargs.get("render_mode")
-        first = CM2ToolUseEnv(**env_kwargs)
         shared = {k: v for k, v in env_kwargs.items() if k not in ("simulator_options", "judge_options")}
-        shared.update(dataset=first.dialogues, simulator=first.simulator, judge=first.judge)
+        self._backends = build_backends(shared.pop("simulator", "replay"), shared.pop("judge", "rule"),
+                                        simulator_options=env_kwargs.get("simulator_options"),
+                                        judge_options=env_kwargs.get("judge_options"))
+        shared.update(simulator=self._backends.simulator, judge=self._backends.judge)
+        first = CM2ToolUseEnv(**shared)
+        shared["dataset"] = first.dialogues
         self.envs: list[CM2ToolUseEnv] = [first] + [CM2ToolUseEnv(**shared) for _ in range(num_envs - 1)]
         self.num_envs = num_envs
         self.single_observation_space = first.observation_space
@@ -147,11 +152,10 @@ class CM2VectorEnv(VectorEnv):
         return tuple(env.render() for env in self.envs)
 
     def close_extras(self, **kwargs: Any) -> None:
-        # The shared backends were built by the first env but used on this loop: close them here.
-        owned, self.envs[0]._owned = self.envs[0]._owned, []
-        if owned:
+        # The shared backends were built here and used on this loop: close them here.
+        if self._backends.owned:
             try:
-                self._run(close_backends(owned))
+                self._run(self._backends.aclose())
             except RuntimeError:  # closed inside a running loop: that loop's owner closes them
                 pass
         for env in self.envs:

@@ -89,3 +89,44 @@ def test_endpoint_agent_sends_answers_to_malformed_calls_as_user_messages(toolta
     assert all(m["role"] != "tool" for m in sent)
     assert sent[-1]["role"] == "user" and sent[-1]["content"].startswith("[tool error]")
     assert len(sent) == len(info["messages"])
+
+
+def test_backend_options_reach_backends_built_by_the_rollout_engine():
+    import json as _json
+    import re
+
+    from tests.support.scripted_server import ScriptedServer
+
+    def responder(body):
+        ids = re.findall(r"^### Item (\S+)", body["messages"][-1]["content"], re.MULTILINE)
+        return _json.dumps({"verdicts": [{"id": i, "answer": False} for i in ids]})
+
+    dialogues = load_dialogues("tooltalk")[:2]
+    with ScriptedServer(responder) as server:
+        results = run_rollouts(dialogues, ReplayAgent(dialogues), progress=False,
+                               env_kwargs={"judge": server.spec, "judge_options": {"batch_items": True}})
+        requests = len(server.requests)
+    assert requests == sum(len(r.steps) for r in results)  # batched: one request per action, not per item
+
+
+def test_backends_built_from_specs_are_closed_and_objects_passed_in_are_not():
+    import asyncio as _asyncio
+
+    from cm2_env.backends import build_backends
+    from cm2_env.judge import make_judge
+    from tests.support.scripted_server import ScriptedServer
+
+    with ScriptedServer() as server:
+        async def main():
+            built = build_backends("replay", server.spec, judge_options={"votes": 3})
+            given = make_judge(server.spec)
+            passed_in = build_backends("replay", given)
+            await given.client.chat([{"role": "user", "content": "x"}])
+            await built.judge.client.chat([{"role": "user", "content": "x"}])
+            await built.aclose()
+            await passed_in.aclose()
+            return built, given
+
+        built, given = _asyncio.run(main())
+    assert built.judge.votes == 3 and not built.judge.client._pool.endpoints[0].sdks  # closed
+    assert given.client._pool.endpoints[0].sdks  # not ours to close

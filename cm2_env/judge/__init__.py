@@ -52,11 +52,12 @@ def make_judge(spec: Any = "rule", **options: Any) -> ChecklistJudge:
     client = options.pop("client", None)
     if client is None and not looks_like_llm_spec(llm_spec):
         raise ValueError(f"unknown judge {spec!r}; choose {JUDGE_CHOICES}")
+    owns_client = client is None
     if client is None:
         from cm2_env.llm import make_client
 
         client = make_client(llm_spec, role="judge", **dict(options.pop("llm_options", None) or {}))
-    llm = LLMChecklistJudge(client, **{k: options[k] for k in _LLM_OPTIONS if k in options})
+    llm = LLMChecklistJudge(client, owns_client=owns_client, **{k: options[k] for k in _LLM_OPTIONS if k in options})
     if hybrid:
         return HybridJudge(llm, threshold=options.get("threshold", 0.85))
     return llm

@@ -44,6 +44,12 @@ class HybridJudge:
                 out[item.id] = llm_verdicts.get(item.id) or Verdict(item.id, None, "llm", error="no verdict")
         return out
 
+    async def aclose(self) -> None:
+        """Close the LLM judge (and so the client it owns)."""
+        closer = getattr(self.llm, "aclose", None)
+        if closer is not None:
+            await closer()
+
     def usage(self) -> dict[str, Any]:
         llm = self.llm.usage()
         return {**llm, **self._counts, "llm_items_saved": self._counts["rule_items"]}

@@ -171,12 +171,13 @@ class LLMChecklistJudge:
     def __init__(self, client: Any, *, votes: int = 1, batch_items: bool = False, temperature: float | None = None,
                  top_p: float | None = None, sampling: dict[str, Any] | None = None, attempts: int = 2,
                  seed: int = 0, cache_size: int = 100_000, max_prompt_chars: int | None = None,
-                 structured: bool = True) -> None:
+                 structured: bool = True, owns_client: bool = False) -> None:
         if votes < 1:
             raise ValueError(f"votes must be >= 1, got {votes}")
         if max_prompt_chars is not None and max_prompt_chars < 1:
             raise ValueError(f"max_prompt_chars must be a positive number of characters or None, got {max_prompt_chars}")
         self.client = client
+        self.owns_client = owns_client  # built for this judge (make_judge): closed by aclose()
         self.votes = votes
         self.batch_items = batch_items
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
@@ -210,6 +211,11 @@ class LLMChecklistJudge:
 
     def usage(self) -> dict[str, Any]:
         return dict(self._counts)
+
+    async def aclose(self) -> None:
+        """Close the LLM client if this judge owns it (a client passed in belongs to the caller)."""
+        if self.owns_client and hasattr(self.client, "aclose"):
+            await self.client.aclose()
 
     def _majority(self, item_id: str, votes: Sequence[dict]) -> Verdict:
         valid = [v["verdicts"][item_id] for v in votes if item_id in v["verdicts"]]

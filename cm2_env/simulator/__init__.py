@@ -41,8 +41,9 @@ def make_simulator(spec: Any = "replay", **options: Any) -> ToolSimulator:
         return HybridToolSimulator(client, **options)
     if client is None and not looks_like_llm_spec(spec):
         raise ValueError(f"unknown simulator {spec!r}; choose {SIMULATOR_CHOICES}")
+    owns_client = client is None
     if client is None:
         from cm2_env.llm import make_client
 
         client = make_client(spec, role="simulator", **llm_options)
-    return HybridToolSimulator(client, **options)
+    return HybridToolSimulator(client, owns_client=owns_client, **options)

@@ -109,10 +109,12 @@ class HybridToolSimulator:
     """
 
     def __init__(self, client: Any = None, *, fewshot: FewShot = "prefix", lenient: bool = False,
-                 sampling: dict[str, Any] | None = None, attempts: int = 2, max_example_chars: int = 2000) -> None:
+                 sampling: dict[str, Any] | None = None, attempts: int = 2, max_example_chars: int = 2000,
+                 owns_client: bool = False) -> None:
         if fewshot not in ("prefix", "all"):
             raise ValueError(f"fewshot must be 'prefix' or 'all', got {fewshot!r}")
         self.client = client
+        self.owns_client = owns_client  # built for this simulator (make_simulator): closed by aclose()
         self.fewshot: FewShot = fewshot
         self.lenient = lenient
         self.sampling = {**DEFAULT_SAMPLING, **(sampling or {})}
@@ -121,6 +123,11 @@ class HybridToolSimulator:
 
     def start_episode(self, dialogue: Dialogue) -> "HybridEpisode":
         return HybridEpisode(self, dialogue)
+
+    async def aclose(self) -> None:
+        """Close the LLM client if this simulator owns it (a client passed in belongs to the caller)."""
+        if self.owns_client and hasattr(self.client, "aclose"):
+            await self.client.aclose()
 
 
 class HybridEpisode:

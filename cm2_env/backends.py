@@ -1,0 +1,52 @@
+"""The one builder of an episode's backends: the tool simulator and the checklist judge.
+
+``build_backends(simulator, judge, simulator_options=..., judge_options=...)`` takes each backend as an object
+(used as it is) or a spec string (built by :func:`cm2_env.simulator.make_simulator` /
+:func:`cm2_env.judge.make_judge` with its options) and returns :class:`Backends`: the two backends and the ones
+it built, which it owns and closes with ``aclose()`` (their LLM clients' connection pools). The environment,
+the vector environment and the rollout engine all build through it, so the same arguments mean the same thing
+everywhere and nothing built is left open. Bad arguments raise TypeError/ValueError naming the valid choices.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+
+@dataclass
+class Backends:
+    simulator: Any
+    judge: Any
+    owned: list[Any] = field(default_factory=list)  # built from spec strings here: closed by aclose()
+
+    async def aclose(self) -> None:
+        """Close the backends built here (not objects that were passed in); closing twice is harmless."""
+        from cm2_env.loop import close_backends
+
+        owned, self.owned = self.owned, []
+        await close_backends(owned)
+
+
+def build_backends(simulator: Any = "replay", judge: Any = "rule", *,
+                   simulator_options: dict[str, Any] | None = None,
+                   judge_options: dict[str, Any] | None = None) -> Backends:
+    """The backends of an episode (see the module docstring)."""
+    from cm2_env.judge import JUDGE_CHOICES, ChecklistJudge, make_judge
+    from cm2_env.simulator import SIMULATOR_CHOICES, ToolSimulator, make_simulator
+
+    backends = Backends(None, None)
+    for role, spec, options, kind, choices, factory in (
+            ("simulator", simulator, simulator_options, ToolSimulator, SIMULATOR_CHOICES, make_simulator),
+            ("judge", judge, judge_options, ChecklistJudge, JUDGE_CHOICES, make_judge)):
+        if isinstance(spec, str):
+            built = factory(spec, **dict(options or {}))
+            backends.owned.append(built)
+        elif isinstance(spec, kind):
+            if options:
+                raise ValueError(f"{role}_options only apply to a {role} spec string, not to a {role} object")
+            built = spec
+        else:
+            raise TypeError(f"{role} must be {choices} or a {kind.__name__} object, got {spec!r}")
+        setattr(backends, role, built)
+    return backends
