@@ -293,14 +293,16 @@ _ROUND_TRIP = settings(max_examples=150, deadline=None, suppress_health_check=[H
 @_PROPERTY
 @given(st.text())
 def test_parse_never_raises_on_arbitrary_text(text):
-    assert isinstance(parse(text), ParsedAction)
+    # parse() turns any exception into an "internal" error, so asserting that none occurred is what can fail
+    parsed = parse(text)
+    assert isinstance(parsed, ParsedAction) and not any(e.kind == "internal" for e in parsed.errors)
 
 
 @settings(max_examples=1000, deadline=None)
 @given(_fragment_text)
 def test_parse_never_raises_on_text_made_of_tag_and_json_fragments(text):
     parsed = parse(text)
-    assert all(error.kind in ERROR_KINDS for error in parsed.errors)
+    assert all(error.kind in ERROR_KINDS and error.kind != "internal" for error in parsed.errors)
     assert parsed.is_final_reply == (not parsed.calls and not parsed.errors)
 
 
@@ -309,7 +311,8 @@ def test_parse_never_raises_on_text_made_of_tag_and_json_fragments(text):
                                                           _json_values | st.dictionaries(st.sampled_from(
                                                               ["name", "arguments"]), _json_values)))))
 def test_parse_never_raises_on_arbitrary_tool_calls(tool_calls):
-    assert isinstance(parse("", tool_calls=tool_calls), ParsedAction)
+    parsed = parse("", tool_calls=tool_calls)
+    assert isinstance(parsed, ParsedAction) and not any(e.kind == "internal" for e in parsed.errors)
 
 
 @_ROUND_TRIP

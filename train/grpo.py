@@ -194,6 +194,7 @@ class UpdateStats:
     entropy: float = 0.0
     clip_fraction: float = 0.0
     ratio_max: float = 1.0
+    ratio_min: float = 1.0
     grad_norm: float = 0.0
     first_loss: float | None = None  # loss of the first mini-batch, before any update of this step
     optimizer_steps: int = 0
@@ -225,6 +226,7 @@ def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[T
             for name in ("policy_loss", "kl", "entropy", "clip_fraction"):
                 setattr(stats, name, getattr(stats, name) + (getattr(sums, name) - getattr(stats, name)) / k)
             stats.ratio_max = max(stats.ratio_max, sums.ratio_max)
+            stats.ratio_min = min(stats.ratio_min, sums.ratio_min)
             stats.grad_norm += (grad_norm - stats.grad_norm) / k
     model.eval()
     return stats
@@ -261,6 +263,7 @@ def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: Tra
         sums.entropy += terms.entropy
         sums.clip_fraction += terms.clip_fraction
         sums.ratio_max = max(sums.ratio_max, terms.ratio_max)
+        sums.ratio_min = min(sums.ratio_min, terms.ratio_min)
     return sums
 
 
@@ -405,7 +408,8 @@ def train(config: TrainConfig, *, dialogues: Sequence[Any] | None = None, max_st
         record = {
             **rollout_metrics(episodes, batch, advantages),
             "loss": stats.first_loss, "policy_loss": stats.policy_loss, "kl": stats.kl, "entropy": stats.entropy,
-            "clip_fraction": stats.clip_fraction, "ratio_max": stats.ratio_max, "grad_norm": stats.grad_norm,
+            "clip_fraction": stats.clip_fraction, "ratio_max": stats.ratio_max, "ratio_min": stats.ratio_min,
+            "grad_norm": stats.grad_norm,
             "lr": scheduler.get_last_lr()[0], "sequences": len(sequences), "loss_tokens": stats.tokens,
             "failed_total": failed_total,
             "time": {"rollout_s": t_rollout, "update_s": t_update, "step_s": time.perf_counter() - t0},

@@ -85,6 +85,7 @@ class LossSums:
     entropy: float
     clip_fraction: float
     ratio_max: float
+    ratio_min: float
     tokens: int
 
 
@@ -150,6 +151,7 @@ def grpo_loss(
     with torch.no_grad():
         ratio = torch.exp(logprobs - old_logprobs)
         ratio_max = float(ratio[mask].max()) if bool(mask.any()) else 1.0
+        ratio_min = float(ratio[mask].min()) if bool(mask.any()) else 1.0
     return LossSums(
         loss=loss,
         policy_loss=float(policy_sum.detach()),
@@ -157,5 +159,6 @@ def grpo_loss(
         entropy=entropy_value,
         clip_fraction=float((clipped.to(maskf.dtype) * maskf).sum()),
         ratio_max=ratio_max,
+        ratio_min=ratio_min,
         tokens=int(mask.sum()),
     )

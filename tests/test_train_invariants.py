@@ -1,0 +1,69 @@
+"""Invariants of the token path: sampling and training agree, and the filters on what is trained do what they
+say. One GRPO step with ppo_epochs=1 starts from ratio 1 and clips nothing, whether the old logprobs are the
+sampler's or recomputed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from agents.base import AgentStep
+from agents.rollout import EpisodeResult
+from cm2_env.data import load_dialogues
+from tests.support.tiny_models import micro_model_dir
+from train.config import TrainConfig
+from train.grpo import train, training_sequences
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    return micro_model_dir(tmp_path_factory.mktemp("micro"), seed=6)
+
+
+@pytest.mark.parametrize("old_logprobs", ["sampler", "recompute"])
+def test_the_first_update_starts_from_ratio_one_and_clips_nothing(model_dir, tmp_path, old_logprobs):
+    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path), steps=1, group_size=4, prompts_per_step=2,
+                         max_new_tokens=8, max_turns=1, max_actions_per_turn=2, learning_rate=1e-3,
+                         entropy_coef=0.01, kl_coef=0.0, ppo_epochs=1, ppo_mini_batches=1, bf16="false", seed=2,
+                         old_logprobs=old_logprobs, progress=False).validate()
+    record = train(config, dialogues=load_dialogues("tooltalk")[:2]).records[0]
+    assert record["sequences"] > 0 and record["loss_tokens"] > 0
+    assert record["clip_fraction"] == 0.0
+    assert record["ratio_max"] == pytest.approx(1.0, abs=1e-4) and record["ratio_min"] == pytest.approx(1.0, abs=1e-4)
+
+
+def _episode(advantage_free: bool, completions: list[list[int]], failed: bool = False) -> EpisodeResult:
+    steps = [AgentStep(text="", message={}, prompt_ids=[1, 2, 3], completion_ids=ids, logprobs=[-0.5] * len(ids))
+             for ids in completions]
+    return EpisodeResult(dialogue_id="d", group_index=0, steps=steps, messages=[], rewards=[0.0] * len(steps),
+                         reward_record={}, verdicts=[], failed=failed, failure=None, truncated=False,
+                         turns_reached=1, reference_turns=1)
+
+
+EOS = 9
+
+
+def test_mask_truncated_completions_keeps_finished_actions_and_drops_the_loss_of_cut_ones():
+    episode = _episode(False, [[4, 5, EOS], [6, 7, 8]])  # the second action was cut by max_new_tokens
+    [masked] = training_sequences([episode], [[1.0, 1.0]], skip_zero_advantage=False, eos_id=EOS)
+    assert masked.n_loss_tokens == 3  # only the finished action's tokens
+    plain = training_sequences([episode], [[1.0, 1.0]], skip_zero_advantage=False)
+    assert sum(s.n_loss_tokens for s in plain) == 6
+
+
+def test_skip_zero_advantage_drops_episodes_whose_every_advantage_is_zero():
+    zero, some = _episode(True, [[4, EOS]]), _episode(False, [[5, EOS]])
+    kept = training_sequences([zero, some], [[0.0], [0.5]], skip_zero_advantage=True)
+    assert len(kept) == 1 and kept[0].advantages[-1] == 0.5
+    assert len(training_sequences([zero, some], [[0.0], [0.5]], skip_zero_advantage=False)) == 2
+    assert training_sequences([some], [None], skip_zero_advantage=False) == []  # a failed episode has none
+
+
+def test_importing_the_environment_package_loads_neither_torch_nor_the_upper_layers():
+    code = ("import sys, cm2_env, cm2_env.env, cm2_env.vector, cm2_env.wrappers, cm2_env.judge, cm2_env.simulator, "
+            "cm2_env.reward, cm2_env.llm, cm2_env.data, cm2_env.cli; "
+            "print(sorted(m for m in ('torch', 'transformers', 'agents', 'train', 'benchmarks') if m in sys.modules))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert done.stdout.strip() == "[]"
