@@ -39,6 +39,10 @@ class EndpointAgent:
         self.native_tools = native_tools
         self.sampling = sampling
 
+    async def aclose(self) -> None:
+        """Close the client's connection pools."""
+        await self.client.aclose()
+
     async def act(
         self,
         messages: list[dict[str, Any]],

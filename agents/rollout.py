@@ -19,6 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from agents.base import AGENT_CONTEXT_KEYS, Agent, AgentStep, ContextLimitExceeded
 from agents.sampling import sampling_seed
 from cm2_env.progress import progress as progress_reporter
+from cm2_env.records import flatten
 from cm2_env.data import Dialogue
 
 
@@ -253,7 +254,7 @@ def summarize(results: Sequence[EpisodeResult], dialogues: Iterable[Dialogue]) -
                 passed[kind] += bool(verdict.get("passed"))
     usage: Counter = Counter()
     for result in results:
-        for key, value in _flatten(result.usage):
+        for key, value in flatten(result.usage, ".").items():
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 usage[key] += value
     return {
@@ -356,12 +357,3 @@ def _iter_turn_verdicts(verdicts: Any):
     elif isinstance(verdicts, list):
         for t, per_item in enumerate(verdicts):
             yield t, per_item
-
-
-def _flatten(mapping: Mapping[str, Any], prefix: str = ""):
-    for key, value in mapping.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            yield from _flatten(value, name + ".")
-        else:
-            yield name, value

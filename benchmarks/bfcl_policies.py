@@ -198,27 +198,10 @@ class AgentPolicy:
                 "usage": dict(getattr(step, "usage", None) or {})}
 
     def close(self) -> None:
-        self.bridge.close()
-
-
-class EndpointPolicy:
-    """An OpenAI-compatible endpoint through ``cm2_env.llm`` (retries, rate limits and accounting live there)."""
-
-    def __init__(self, spec: str, concurrency: int) -> None:
-        from cm2_env.llm import make_client
-
-        self.client = make_client(spec, role="policy", max_concurrency=concurrency)
-        self.bridge = AsyncBridge()
-
-    def respond(self, request: PolicyRequest) -> dict:
-        result = self.bridge.run(
-            self.client.chat(request.messages, tools=request.tools or None, temperature=request.temperature)
-        )
-        return {"content": result.text, "tool_calls": list(result.tool_calls or []), "usage": dict(result.usage or {})}
-
-    def close(self) -> None:
+        closer = getattr(self.agent, "aclose", None)
         try:
-            self.bridge.run(self.client.aclose())
+            if closer is not None:
+                self.bridge.run(closer())
         finally:
             self.bridge.close()
 
@@ -239,15 +222,19 @@ def load_agent(path: str) -> Any:
     return target
 
 
-def build_policy(spec: dict, *, categories: list[str], concurrency: int) -> Policy:
-    """``spec`` is ``{"kind": "oracle"|"noop"|"endpoint"|"agent", "value": str}`` (see ``benchmarks.bfcl``)."""
+def build_policy(spec: dict, *, categories: list[str], concurrency: int, temperature: float = 0.001) -> Policy:
+    """``spec`` is ``{"kind": "oracle"|"noop"|"endpoint"|"agent", "value": str}`` (see ``benchmarks.bfcl``). An
+    endpoint is an :class:`agents.endpoint.EndpointAgent` sampling at ``temperature``."""
     kind, value = spec["kind"], spec.get("value", "")
     if kind == "oracle":
         return OraclePolicy(categories)
     if kind == "noop":
         return NoopPolicy()
     if kind == "endpoint":
-        return EndpointPolicy(value, concurrency)
+        from agents.endpoint import EndpointAgent
+
+        return AgentPolicy(EndpointAgent(value, client_options={"max_concurrency": concurrency},
+                                         temperature=temperature))
     if kind == "agent":
         return AgentPolicy(load_agent(value))
     raise ValueError(f"unknown policy kind {kind!r}")

@@ -350,7 +350,8 @@ def score(job: RunJob, handler: Any, category: str, selected_ids: set[str]) -> d
 def run(job: RunJob, events: "EventStream") -> None:
     if job.clear_instance_cache:
         clear_backend_instance_cache()
-    policy = build_policy(job.policy, categories=job.categories, concurrency=job.concurrency)
+    policy = build_policy(job.policy, categories=job.categories, concurrency=job.concurrency,
+                          temperature=job.temperature)
     try:
         handler = register_model(job, policy)
         selections = {category: select_entries(category, job.limit) for category in job.categories}

@@ -46,6 +46,7 @@ from cm2_env.backends import build_backends
 from cm2_env.loop import PrivateLoop
 from cm2_env.render import render_transcript
 from cm2_env.reward import ASSIGNMENT_MODES, L_MODES
+from cm2_env.reward.items import check_choice
 from cm2_env.simulator.base import INVALID_CALL_SOURCES, ToolResult
 from cm2_env.spaces import TextSpace
 from cm2_env.toolcalls import ParseError, ParsedAction, ParsedCall, parse, to_assistant_message
@@ -107,10 +108,10 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         if isinstance(dataset, str) and not dataset.strip():
             raise ValueError("dataset is empty; give a bundled dataset name ('tooltalk'), a JSONL/JSON path, or a "
                              "list of dialogues")
-        _check_choice("reward_assignment", reward_assignment, ASSIGNMENT_MODES)
-        _check_choice("normaliser", normaliser, L_MODES)
-        _check_choice("invalid_call_policy", invalid_call_policy, INVALID_CALL_POLICIES)
-        _check_choice("checklist_variants", checklist_variants, VARIANT_MODES)
+        check_choice("reward_assignment", reward_assignment, ASSIGNMENT_MODES)
+        check_choice("normaliser", normaliser, L_MODES)
+        check_choice("invalid_call_policy", invalid_call_policy, INVALID_CALL_POLICIES)
+        check_choice("checklist_variants", checklist_variants, VARIANT_MODES)
         if render_mode is not None and render_mode not in self.metadata["render_modes"]:
             raise ValueError(f"render_mode must be None or one of {self.metadata['render_modes']}, got {render_mode!r}")
         for name, value in (("max_actions", max_actions), ("max_actions_per_turn", max_actions_per_turn),
@@ -422,8 +423,3 @@ class CM2ToolUseEnv(gym.Env[str, str]):
             except RuntimeError:  # closed inside a running loop (async use): that loop's owner closes them
                 pass
         self._sync.close()
-
-
-def _check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {tuple(allowed)}, got {value!r}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING, Any
 
 from cm2_env.data.turns import render_tool_calls
+from cm2_env.text import shorten
 
 if TYPE_CHECKING:
     from cm2_env.episode import EpisodeState
@@ -82,5 +83,4 @@ def _unsatisfied_lines(episode: "EpisodeState", turn: int) -> list[str]:
 
 def _short(content: Any) -> str:
     text = "" if content is None else str(content)
-    text = text.replace("\n", "\n    ")
-    return text if len(text) <= MAX_CONTENT_CHARS else text[:MAX_CONTENT_CHARS] + "…"
+    return shorten(text, MAX_CONTENT_CHARS).replace("\n", "\n    ")

@@ -24,7 +24,7 @@ from typing import Any
 
 import click
 
-from cm2_env.data.io import read_text_file
+from cm2_env.data.io import read_records
 from cm2_env.reward.group import score_group
 from cm2_env.reward.items import F_NORMS, L_MODES
 
@@ -34,27 +34,13 @@ ROLLOUT_TURN_KEYS = ("steps", "first_satisfied")
 
 
 def read_groups(path: Path) -> list[tuple[int, Any, str | None]]:
-    """``(line, decoded JSON, decoding error)`` per group: a whole-file JSON object or list, else JSONL."""
-    text = read_text_file(path, "JSON or JSONL file of groups")
-    if not text.strip():
+    """``(line, decoded JSON, decoding error)`` per group: a whole-file JSON object or list, else JSONL
+    (:func:`cm2_env.data.io.read_records`)."""
+    records = [(raw.line, raw.data, raw.error) for raw in read_records(path)]
+    if not records:
         raise ValueError(f"{path}: the file holds no groups. Fix: one group JSON object per line "
                          "(`cm2 reward compute --help` shows the format)")
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as whole_error:
-        lines = [(n, line) for n, line in enumerate(text.splitlines(), start=1) if line.strip()]
-        records = []
-        for n, line in lines:
-            try:
-                records.append((n, json.loads(line), None))
-            except json.JSONDecodeError as exc:
-                if n == lines[0][0]:  # the first line is not JSON on its own: a (broken) multi-line document
-                    return [(whole_error.lineno, None, f"invalid JSON: {whole_error.msg} (column {whole_error.colno})")]
-                records.append((n, None, f"invalid JSON: {exc.msg} (column {exc.colno})"))
-        return records
-    if isinstance(data, list):
-        return [(1, group, None) for group in data]
-    return [(1, data, None)]
+    return records
 
 
 def _is_int(value: Any) -> bool:

@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 REPO = Path(__file__).resolve().parents[1]
 # Build from a copy of the sources: an in-tree setuptools build would write build/ and *.egg-info into the
 # repository, and concurrent runs would race on them.
@@ -12,6 +14,7 @@ NOT_SOURCES = shutil.ignore_patterns(".git", ".venv*", "build", "dist", "*.egg-i
                                      ".hypothesis", ".cache", "runs", "tests")
 
 
+@pytest.mark.slow
 def test_an_installed_wheel_loads_the_bundled_tooltalk_dialogues(tmp_path):
     source, wheels, target, elsewhere = (tmp_path / name for name in ("src", "wheels", "site", "cwd"))
     shutil.copytree(REPO, source, ignore=NOT_SOURCES)

@@ -19,9 +19,9 @@ from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any
 
-ADVANTAGE_LEVELS = ("trajectory", "turn", "step")
-F_NORMS = ("std", "none")
-L_NORMALISERS = ("reference", "reached")
+from cm2_env.env import INVALID_CALL_POLICIES
+from cm2_env.reward import ADVANTAGE_LEVELS, F_NORMS, L_MODES
+
 SCHEDULES = ("constant", "linear", "cosine")
 BF16_MODES = ("auto", "true", "false")
 OLD_LOGPROBS = ("sampler", "recompute")
@@ -135,13 +135,13 @@ class TrainConfig:
 
         choice("advantage_level", ADVANTAGE_LEVELS)
         choice("f_norm", F_NORMS)
-        choice("normaliser", L_NORMALISERS)
+        choice("normaliser", L_MODES)
         choice("lr_schedule", SCHEDULES)
         choice("sft_lr_schedule", SCHEDULES)
         choice("bf16", BF16_MODES)
         choice("old_logprobs", OLD_LOGPROBS)
         choice("loss_aggregation", LOSS_AGGREGATIONS)
-        choice("invalid_call_policy", ("respond", "terminate"))
+        choice("invalid_call_policy", INVALID_CALL_POLICIES)
         for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "ppo_epochs", "ppo_mini_batches",
                      "micro_batch_tokens", "max_turns", "max_actions", "max_actions_per_turn", "max_prompt_tokens",
                      "max_batch_size", "eval_samples",

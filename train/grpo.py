@@ -21,7 +21,6 @@ config -> rollout -> advantages -> loss -> update -> log, repeated ``config.step
 
 from __future__ import annotations
 
-import random
 import sys
 import time
 from dataclasses import dataclass, field
@@ -33,10 +32,9 @@ import torch
 
 from train.config import TrainConfig
 from train.losses import grpo_loss, sequence_token_weights
-from train.policy import (ReferencePolicy, add_lora, autocast, configure_torch, eos_token_id, load_model,
-                          load_tokenizer, make_optimizer, make_scheduler, model_device, pad_token_id,
-                          selected_logprobs, use_bf16)
-from train.sequences import TokenSequence, collate, episode_sequences, micro_batches
+from train.policy import (ReferencePolicy, add_lora, configure_torch, eos_token_id, forward_micro_batches, load_model,
+                          load_tokenizer, make_optimizer, make_scheduler, model_device, pad_token_id, use_bf16)
+from train.sequences import TokenSequence, episode_sequences, epoch_order
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. config: which dialogues a step uses (a seeded, epoch-wise shuffle; resumable from a position)
@@ -61,15 +59,9 @@ def select_dialogues(dialogues: Sequence[Any], config: TrainConfig) -> list[Any]
 
 
 def dialogues_at(position: int, count: int, n: int, seed: int) -> list[int]:
-    """Indices of the ``count`` dialogues starting at ``position`` of the run's data order (epoch e = a shuffle
-    of range(n) seeded by (seed, e)); a pure function, so a resumed run continues the same order."""
-    out = []
-    for k in range(position, position + count):
-        epoch, offset = divmod(k, n)
-        order = list(range(n))
-        random.Random(seed * 1_000_003 + epoch).shuffle(order)
-        out.append(order[offset])
-    return out
+    """Indices of the ``count`` dialogues starting at ``position`` of the run's data order
+    (:func:`train.sequences.epoch_order`); a pure function, so a resumed run continues the same order."""
+    return [epoch_order(n, seed, k // n)[k % n] for k in range(position, position + count)]
 
 
 def step_seed(seed: int, step: int) -> int:
@@ -170,14 +162,10 @@ def training_sequences(episodes: Sequence[Any], advantages: Sequence[list[float]
 def fill_logprobs(model: Any, sequences: Sequence[TokenSequence], attribute: str, config: TrainConfig,
                   pad_id: int, bf16: bool) -> None:
     """Set ``sequence.<attribute>`` (a list aligned with input_ids) to ``model``'s logprobs on loss tokens."""
-    device = model_device(model)
-    for indices in micro_batches([len(s) for s in sequences], config.micro_batch_tokens):
-        chunk = [sequences[i] for i in indices]
-        batch = collate(chunk, pad_id)
-        with autocast(bf16, device):
-            logprobs, _ = selected_logprobs(model, batch, config.temperature)
+    for indices, _, logprobs, _ in forward_micro_batches(model, sequences, config.micro_batch_tokens, pad_id, bf16,
+                                                         config.temperature):
         values = iter(logprobs.float().cpu().tolist())
-        for s in chunk:
+        for s in (sequences[i] for i in indices):
             # collate shifts by one: loss token j of the sequence is predicted at position j - 1
             setattr(s, attribute, [next(values) if m and j > 0 else 0.0 for j, m in enumerate(s.loss_mask)])
 
@@ -241,12 +229,10 @@ def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: Tra
     weights = sequence_token_weights([s.n_loss_tokens for s in chunk], config.loss_aggregation,
                                      config.max_new_tokens)
     sums = UpdateStats(first_loss=0.0, tokens=n_tokens)
-    for indices in micro_batches([len(s) for s in chunk], config.micro_batch_tokens):
+    for indices, batch, logprobs, entropy in forward_micro_batches(model, chunk, config.micro_batch_tokens, pad_id,
+                                                                   bf16, config.temperature, with_entropy=True):
         micro = [chunk[i] for i in indices]
-        batch = collate(micro, pad_id)
         select = batch["loss_mask"]
-        with autocast(bf16, device):
-            logprobs, entropy = selected_logprobs(model, batch, config.temperature, with_entropy=True)
         token_weights = torch.tensor([weights[i] for i in indices for _ in range(_loss_positions(chunk[i]))],
                                      dtype=torch.float32, device=device)
         terms = grpo_loss(

@@ -13,17 +13,7 @@ import math
 from pathlib import Path
 from typing import Any, Iterable, Mapping
 
-
-def flatten(record: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
-    """``{"a": {"b": 1}}`` -> ``{"a/b": 1}``."""
-    out: dict[str, Any] = {}
-    for key, value in record.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, Mapping):
-            out.update(flatten(value, name + "/"))
-        else:
-            out[name] = value
-    return out
+from cm2_env.records import flatten
 
 
 def read_metrics(path: str | Path) -> list[dict[str, Any]]:

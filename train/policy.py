@@ -159,6 +159,22 @@ def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: f
     return logprobs, (entropy if with_entropy else None)
 
 
+def forward_micro_batches(model: Any, sequences: Any, micro_batch_tokens: int, pad_id: int, bf16: bool,
+                          temperature: float = 1.0, with_entropy: bool = False) -> Iterator[tuple[Any, ...]]:
+    """The one micro-batch forward loop of SFT and GRPO: for each micro-batch of at most ``micro_batch_tokens``
+    padded tokens, yields ``(indices, batch, logprobs, entropy)`` -- the sequences' indices, the collated batch,
+    and the logprobs (and entropies) of its loss tokens (:func:`selected_logprobs`, under bf16 autocast when on).
+    Gradients flow unless the caller runs it under ``torch.no_grad()``."""
+    from train.sequences import collate, micro_batches
+
+    device = model_device(model)
+    for indices in micro_batches([len(s) for s in sequences], micro_batch_tokens):
+        batch = collate([sequences[i] for i in indices], pad_id)
+        with autocast(bf16, device):
+            logprobs, entropy = selected_logprobs(model, batch, temperature, with_entropy=with_entropy)
+        yield indices, batch, logprobs, entropy
+
+
 def make_optimizer(model: Any, lr: float, weight_decay: float, betas: tuple[float, float]) -> torch.optim.Optimizer:
     params = [p for p in model.parameters() if p.requires_grad]
     return torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay, betas=tuple(betas))

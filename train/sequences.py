@@ -16,8 +16,20 @@ the policy, or is an assistant token of a reference dialogue), its sampling logp
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Any, Sequence
+
+
+@lru_cache(maxsize=64)
+def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
+    """The order in which epoch ``epoch`` of a run with ``seed`` visits ``n`` items: a shuffle of ``range(n)``
+    seeded by (seed, epoch) alone, so any position of a run can be recomputed (resume) and SFT and GRPO shuffle
+    the same way."""
+    order = list(range(n))
+    random.Random(seed * 1_000_003 + epoch).shuffle(order)
+    return tuple(order)
 
 
 @dataclass

@@ -12,7 +12,6 @@ embeddings, as the paper does for its base model (:func:`init_special_token_embe
 from __future__ import annotations
 
 import math
-import random
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -22,9 +21,9 @@ import torch
 
 from train.config import TrainConfig
 from train.metrics import MetricsLogger
-from train.policy import (autocast, configure_torch, eos_token_id, load_model, load_tokenizer, make_optimizer,
-                          make_scheduler, model_device, pad_token_id, selected_logprobs, use_bf16)
-from train.sequences import TokenSequence, collate, dialogue_sequences, micro_batches
+from train.policy import (configure_torch, eos_token_id, forward_micro_batches, load_model, load_tokenizer,
+                          make_optimizer, make_scheduler, model_device, pad_token_id, use_bf16)
+from train.sequences import TokenSequence, dialogue_sequences, epoch_order
 
 #: docs/method.md, "Training recipe": markup tokens and the words whose embeddings they start from.
 RELATED_WORDS: dict[str, tuple[str, ...]] = {
@@ -81,15 +80,11 @@ def sft_batch_loss(model: Any, sequences: Sequence[TokenSequence], pad_id: int, 
 
     Returns (loss, number of loss tokens). The caller steps the optimizer.
     """
-    device = model_device(model)
     n_tokens = sum(s.n_loss_tokens for s in sequences)
     if n_tokens == 0:
         return 0.0, 0
     total = 0.0
-    for indices in micro_batches([len(s) for s in sequences], micro_batch_tokens):
-        batch = collate([sequences[i] for i in indices], pad_id)
-        with autocast(bf16, device):
-            logprobs, _ = selected_logprobs(model, batch)
+    for _, _, logprobs, _ in forward_micro_batches(model, sequences, micro_batch_tokens, pad_id, bf16):
         loss = -logprobs.sum() / n_tokens
         loss.backward()
         total += float(loss.detach())
@@ -144,11 +139,12 @@ def run_sft(
     pad = pad_token_id(tokenizer)
     out_dir = config.sft_dir if save else None
     logger = MetricsLogger(out_dir, name="sft_metrics") if out_dir is not None else None
-    order = _epoch_orders(len(sequences), config.seed)
+    n = len(sequences)
     result = SFTResult(model, tokenizer, out_dir, initialised_tokens=initialised)
     model.train()
     for step in range(total_steps):
-        batch = [sequences[i] for i in order[step * batch_size:(step + 1) * batch_size]]
+        batch = [sequences[epoch_order(n, config.seed, k // n)[k % n]]
+                 for k in range(step * batch_size, (step + 1) * batch_size)]
         optimizer.zero_grad(set_to_none=True)
         loss, n_tokens = sft_batch_loss(model, batch, pad, config.sft_micro_batch_tokens, bf16)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm) \
@@ -171,21 +167,3 @@ def run_sft(
         logger.close()
     result.seconds = time.perf_counter() - started
     return result
-
-
-class _epoch_orders:
-    """Index i of the concatenation of per-epoch shuffles of range(n) (epoch e shuffled with seed + e)."""
-
-    def __init__(self, n: int, seed: int):
-        self.n, self.seed = n, seed
-        self._cache: dict[int, list[int]] = {}
-
-    def _epoch(self, e: int) -> list[int]:
-        if e not in self._cache:
-            order = list(range(self.n))
-            random.Random(self.seed * 1_000_003 + e).shuffle(order)
-            self._cache[e] = order
-        return self._cache[e]
-
-    def __getitem__(self, index: slice) -> list[int]:
-        return [self._epoch(i // self.n)[i % self.n] for i in range(index.start, index.stop)]

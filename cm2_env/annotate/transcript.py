@@ -11,13 +11,12 @@ marker fails validation and is sent back for repair, which is the intended outco
 from __future__ import annotations
 
 import json
-from functools import lru_cache
-from importlib import resources
 from string import Template
 from typing import Iterator
 
 from cm2_env.data.models import Dialogue, Message
 from cm2_env.data.turns import render, split_turns
+from cm2_env.text import package_prompt, shorten
 
 #: Evidence sources shown for an assistant step, in the order the model produced them.
 ASSISTANT_SOURCES = ("assistant.content.thinking", "assistant.tool_calls", "assistant.content.user_visible_reply")
@@ -25,10 +24,9 @@ ASSISTANT_SOURCES = ("assistant.content.thinking", "assistant.tool_calls", "assi
 JSON_OBJECT = {"type": "json_object"}
 
 
-@lru_cache(maxsize=None)
 def prompt_text(name: str) -> Template:
-    """A prompt file of this package (``prompts/NAME.txt``) as a ``string.Template``."""
-    return Template((resources.files("cm2_env.annotate") / "prompts" / f"{name}.txt").read_text(encoding="utf-8"))
+    """A prompt file of this package (``prompts/NAME.txt``)."""
+    return package_prompt("cm2_env.annotate", name)
 
 
 def render_tools(dialogue: Dialogue) -> str:
@@ -48,14 +46,14 @@ def render_dialogue(dialogue: Dialogue, max_chars: int = 4000) -> str:
     sections = []
     system = [m for m in dialogue.messages[:1] if m.role == "system"]
     if system:
-        sections.append(f"=== system prompt (belongs to no turn) ===\n{_cut(system[0].text, max_chars)}")
+        sections.append(f"=== system prompt (belongs to no turn) ===\n{shorten(system[0].text, max_chars)}")
     for turn in split_turns(dialogue.messages):
         lines = [f"=== turn {turn.index} ==="]
         for step, message in enumerate(turn.messages):
             for source, text in step_renderings(message):
                 label = f"{source} [{message.name}]" if source == "tool.content" and message.name else source
                 lines.append(f"--- turn {turn.index}, step {step}, {label} ---")
-                lines.append(_cut(text, max_chars))
+                lines.append(shorten(text, max_chars))
         sections.append("\n".join(lines))
     return "\n\n".join(sections)
 
@@ -69,9 +67,3 @@ def step_renderings(message: Message) -> Iterator[tuple[str, str]]:
                 yield source, text
     elif message.role in ("user", "tool"):
         yield f"{message.role}.content", render(message, f"{message.role}.content")
-
-
-def _cut(text: str, max_chars: int) -> str:
-    if len(text) <= max_chars:
-        return text
-    return f"{text[:max_chars]}\n[... {len(text) - max_chars} more characters not shown]"

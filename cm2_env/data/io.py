@@ -91,18 +91,21 @@ def read_text_file(path: Path, what: str = "JSON or JSONL file") -> str:
 
 
 def read_records(path: Path) -> Iterator[RawRecord]:
-    """Decode a JSONL file line by line, or a JSON file holding one record or a list of records.
+    """Decode a JSONL file line by line, or a JSON document (a ``.json`` file, a list, or one object spread over
+    several lines) holding one record or a list of records -- the one reader of record files.
 
     Blank lines are skipped. A line that is not valid JSON yields a record with ``error`` set, so a caller can
     report it and keep going. A folder or a binary file raises ValueError (:func:`read_text_file`).
     """
     text = read_text_file(path)
     stripped = text.lstrip()
-    if path.suffix == ".json" or (stripped.startswith("[")):
+    first_line = stripped.split("\n", 1)[0]
+    multi_line_object = stripped.startswith("{") and "\n" in stripped.strip() and not _parses(first_line)
+    if path.suffix == ".json" or stripped.startswith("[") or multi_line_object:
         try:
             data = json.loads(text)
         except json.JSONDecodeError as exc:
-            if path.suffix == ".json":
+            if path.suffix == ".json" or multi_line_object:
                 yield RawRecord(exc.lineno, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
                 return
         else:
@@ -117,6 +120,14 @@ def read_records(path: Path) -> Iterator[RawRecord]:
             yield RawRecord(number, json.loads(line))
         except json.JSONDecodeError as exc:
             yield RawRecord(number, None, f"invalid JSON: {exc.msg} (column {exc.colno})")
+
+
+def _parses(line: str) -> bool:
+    try:
+        json.loads(line)
+    except ValueError:
+        return False
+    return True
 
 
 def record_id(data: Any) -> str:

@@ -17,7 +17,8 @@ The model answers strict JSON with four short analysis strings and a boolean ``a
   the next episode with the same prefix asks again.
 - Nothing of the transcript is cut by default: a fact late in a long tool output reaches the judge. With
   ``max_prompt_chars`` set, a prompt over that budget has its longest message texts shortened (each keeps its
-  start and end around an explicit ``[... N characters cut ...]`` marker) until it fits; ``usage()["cuts"]``
+  start and end around an explicit ``[... N characters cut ...]`` marker, :func:`cm2_env.text.shorten`) until it
+  fits; ``usage()["cuts"]``
   counts the prompts that were cut.
 - Sampling defaults (:data:`DEFAULT_SAMPLING`): the released temperature 0.6 and top_p 0.8, and room for a
   reasoning judge's thinking (``max_tokens`` 8192). Requests carry a JSON-schema ``response_format``; the client
@@ -30,14 +31,13 @@ from __future__ import annotations
 import asyncio
 import json
 from collections import OrderedDict
-from functools import lru_cache
-from importlib import resources
 from string import Template
 from typing import Any, Sequence
 
 from cm2_env.data.models import ChecklistItem
 from cm2_env.data.turns import render_tool_calls, split_think
 from cm2_env.judge.base import JudgeRequest, Verdict
+from cm2_env.text import package_prompt, shorten
 
 ANALYSIS_FIELDS = ("evidence_analysis", "focus_analysis", "pass_analysis", "failure_analysis")
 #: Released judge sampling (temperature 0.6, top_p 0.8); max_tokens leaves a reasoning judge (the paper's
@@ -54,10 +54,9 @@ BATCH_SCHEMA: dict[str, Any] = {
         "required": ["id", *ANALYSIS_FIELDS, "answer"], "additionalProperties": False}}}}
 
 
-@lru_cache(maxsize=None)
 def prompt_template(name: str) -> Template:
-    """A prompt file of this package (``prompts/NAME.txt``) as a ``string.Template``."""
-    return Template((resources.files("cm2_env.judge") / "prompts" / f"{name}.txt").read_text(encoding="utf-8"))
+    """A prompt file of this package (``prompts/NAME.txt``)."""
+    return package_prompt("cm2_env.judge", name)
 
 
 def render_judge_transcript(messages: Sequence[dict[str, Any]], max_chars: int | None = None) -> str:
@@ -70,15 +69,15 @@ def render_judge_transcript(messages: Sequence[dict[str, Any]], max_chars: int |
         if role == "assistant":
             thinking, reply = split_think(text)
             if thinking:
-                lines.append(f"[assistant reasoning] {_cut(thinking, max_chars)}")
+                lines.append(f"[assistant reasoning] {shorten(thinking, max_chars, keep_end=True)}")
             if message.get("tool_calls"):
                 lines.append(f"[assistant tool calls]\n{render_tool_calls(message['tool_calls'])}")
             if reply:
-                lines.append(f"[assistant reply] {_cut(reply, max_chars)}")
+                lines.append(f"[assistant reply] {shorten(reply, max_chars, keep_end=True)}")
         elif role == "tool":
-            lines.append(f"[tool response: {message.get('name') or 'tool'}] {_cut(text, max_chars)}")
+            lines.append(f"[tool response: {message.get('name') or 'tool'}] {shorten(text, max_chars, keep_end=True)}")
         else:
-            lines.append(f"[{role}] {_cut(text, max_chars)}")
+            lines.append(f"[{role}] {shorten(text, max_chars, keep_end=True)}")
     return "\n".join(lines) if lines else "(none)"
 
 
@@ -300,13 +299,3 @@ class LLMChecklistJudge:
             self._counts["parse_failures"] += 1
             return {"error": f"unparsable judge answer: {(result.text or '')[:120]!r}", "verdicts": {}}
         return {"verdicts": verdicts, "error": None}
-
-
-def _cut(text: str, limit: int | None) -> str:
-    """``text``, or when longer than ``limit`` its start and end around a marker saying how much was cut."""
-    if limit is None or len(text) <= limit:
-        return text
-    marker = f" [... {len(text) - limit} characters cut to fit the judge's prompt budget ...] "
-    head = max(0, (limit * 2) // 3)
-    tail = max(0, limit - head)
-    return text[:head] + marker + (text[-tail:] if tail else "")

@@ -34,8 +34,6 @@ import asyncio
 import json
 from collections import Counter
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from string import Template
 from typing import Any, Literal
 
@@ -43,6 +41,7 @@ from cm2_env.data.models import Dialogue
 from cm2_env.data.turns import split_turns
 from cm2_env.simulator.base import ToolResult
 from cm2_env.simulator.schema import canonical_arguments, schema_problems
+from cm2_env.text import package_prompt, shorten
 
 FewShot = Literal["prefix", "all"]
 
@@ -54,11 +53,9 @@ NO_SIMULATOR_MESSAGE = (
 DEFAULT_SAMPLING: dict[str, Any] = {"temperature": 0.6, "top_p": 0.8}
 
 
-@lru_cache(maxsize=None)
 def prompt_template(name: str) -> Template:
-    """A prompt file of this package (``prompts/NAME.txt``) as a ``string.Template`` (``$field`` placeholders)."""
-    text = (resources.files("cm2_env.simulator") / "prompts" / f"{name}.txt").read_text(encoding="utf-8")
-    return Template(text)
+    """A prompt file of this package (``prompts/NAME.txt``, ``$field`` placeholders)."""
+    return package_prompt("cm2_env.simulator", name)
 
 
 @dataclass(frozen=True)
@@ -259,7 +256,7 @@ class HybridEpisode:
         limit = self.simulator.max_example_chars
         example = prompt_template("example")
         shown = [
-            example.substitute(index=i, name=n, arguments=_dumps(a), result=_cut(r, limit))
+            example.substitute(index=i, name=n, arguments=_dumps(a), result=shorten(r, limit))
             for i, (n, a, r) in enumerate(self.fewshot_examples(turn), start=1)
         ]
         tool = self.dialogue.tool(name)
@@ -300,7 +297,3 @@ def execution_result(parsed: Any) -> Any:
 
 def _dumps(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value, ensure_ascii=False)
-
-
-def _cut(text: str, limit: int) -> str:
-    return text if len(text) <= limit else text[:limit] + " ...(truncated)"

@@ -15,6 +15,8 @@ from typing import Any
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
 
+from cm2_env.text import shorten
+
 _NUMBER = re.compile(r"-?(?:0|[1-9]\d*)(?:\.\d+)?(?:[eE][+-]?\d+)?")
 
 
@@ -57,7 +59,7 @@ def schema_problems(arguments: Any, parameters: dict[str, Any]) -> list[str]:
     """
     if not isinstance(arguments, dict):
         shown = arguments if isinstance(arguments, str) else json.dumps(arguments, ensure_ascii=False)
-        return [f"arguments must be a JSON object, got {_short(shown)!r}"]
+        return [f"arguments must be a JSON object, got {shorten(shown, 200)!r}"]
     problems: list[str] = []
     properties = parameters.get("properties") or {}
     if isinstance(properties, dict):
@@ -77,11 +79,7 @@ def schema_problems(arguments: Any, parameters: dict[str, Any]) -> list[str]:
         if error.validator == "required":
             problems.append(f"missing required argument: {error.message.split(' is a required')[0]}")
         elif where:
-            problems.append(f"argument {where!r}: {_short(error.message)}")
+            problems.append(f"argument {where!r}: {shorten(error.message, 200)}")
         else:
-            problems.append(_short(error.message))
+            problems.append(shorten(error.message, 200))
     return problems
-
-
-def _short(text: str, limit: int = 200) -> str:
-    return text if len(text) <= limit else text[: limit - 3] + "..."
