@@ -64,14 +64,13 @@ def sample_next(logits: Any, uniforms: Any, temperature: float, top_p: float = 1
     """
     import torch
 
+    from agents.token_path import token_logprobs
+
     logits = logits.float()
     if temperature <= 0:
         tokens = logits.argmax(dim=-1)
-        logprobs = torch.log_softmax(logits, dim=-1).gather(-1, tokens[:, None])[:, 0]
-        return tokens, logprobs
-    scaled = logits / temperature
-    logprobs_all = torch.log_softmax(scaled, dim=-1)
-    probs = torch.softmax(scaled.double(), dim=-1)
+        return tokens, token_logprobs(logits, tokens, temperature)[0]
+    probs = torch.softmax((logits / temperature).double(), dim=-1)
     order = None
     if top_p < 1.0:
         probs, order = probs.sort(dim=-1, descending=True, stable=True)
@@ -86,7 +85,7 @@ def sample_next(logits: Any, uniforms: Any, temperature: float, top_p: float = 1
     last = torch.where(probs > 0, positions, torch.zeros_like(positions)).amax(dim=-1)
     index = torch.minimum(index, last)
     tokens = order.gather(-1, index[:, None])[:, 0] if order is not None else index
-    return tokens, logprobs_all.gather(-1, tokens[:, None])[:, 0]
+    return tokens, token_logprobs(logits, tokens, temperature)[0]
 
 
 class SeededSampler:

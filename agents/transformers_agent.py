@@ -20,6 +20,7 @@ from typing import Any, Mapping
 
 from agents.base import AgentStep, ContextLimitExceeded
 from agents.sampling import SeededSampler, sampling_seed
+from agents.token_path import eos_token_id, pad_token_id, prompt_ids
 from cm2_env.toolcalls import parse, to_assistant_message
 
 
@@ -62,10 +63,8 @@ class TransformersAgent:
         self.top_p = top_p
         self.max_batch_size = max_batch_size
         self.max_prompt_tokens = max_prompt_tokens
-        self.eos_id = tokenizer.convert_tokens_to_ids("<|im_end|>")
-        if self.eos_id is None or self.eos_id == tokenizer.unk_token_id:
-            self.eos_id = tokenizer.eos_token_id
-        self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else self.eos_id
+        self.eos_id = eos_token_id(tokenizer)
+        self.pad_id = pad_token_id(tokenizer)
         self._queue: list[_Request] = []
         self._worker: asyncio.Task | None = None
         self.batches: list[int] = []  # sizes of the generate() batches run, for tests and metrics
@@ -74,12 +73,7 @@ class TransformersAgent:
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         """The chat-template token ids of ``messages`` + tools, ending with the assistant generation prompt."""
-        ids = self.tokenizer.apply_chat_template(
-            messages, tools=tools or None, add_generation_prompt=True, tokenize=True, return_dict=False
-        )
-        if hasattr(ids, "tolist"):
-            ids = ids.tolist()
-        ids = list(ids)
+        ids = prompt_ids(self.tokenizer, messages, tools)
         if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
             raise ContextLimitExceeded(f"the prompt has {len(ids)} tokens; max_prompt_tokens is "
                                        f"{self.max_prompt_tokens}")
@@ -144,36 +138,49 @@ class TransformersAgent:
                 request.future.set_result(result)
 
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list[tuple[list[int], list[float]]]:
-        import torch
-        from transformers import GenerationConfig, LogitsProcessorList
-
         self.batches.append(len(prompts))
-        width = max(len(p) for p in prompts)
-        device = next(self.model.parameters()).device
-        input_ids = torch.full((len(prompts), width), self.pad_id, dtype=torch.long)
-        attention = torch.zeros((len(prompts), width), dtype=torch.long)
-        for i, prompt in enumerate(prompts):
-            input_ids[i, width - len(prompt) :] = torch.tensor(prompt, dtype=torch.long)
-            attention[i, width - len(prompt) :] = 1
-        sampler = SeededSampler(seeds, width, self.temperature, self.top_p)
-        # A clean generation config: none of the model's own defaults (top_k, repetition penalty...) may change
-        # the distribution the trainer recomputes. The sampler picks every token; generate() then takes its argmax.
-        config = GenerationConfig(do_sample=False, max_new_tokens=self.max_new_tokens, eos_token_id=self.eos_id,
-                                  pad_token_id=self.pad_id)
-        was_training = self.model.training
-        self.model.eval()
-        with torch.no_grad():
-            sequences = self.model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
-                                            generation_config=config, logits_processor=LogitsProcessorList([sampler]))
-        if was_training:
-            self.model.train()
-        generated = sequences[:, width:]
-        tokens, logprobs = sampler.recorded(generated.shape[1])
-        if not torch.equal(tokens.to(generated.device)[generated != self.pad_id], generated[generated != self.pad_id]):
-            raise RuntimeError("generate() did not emit the tokens the seeded sampler chose; a logits processor of "
-                               "the model's generation config may interfere")
-        results = []
-        for row, row_logprobs in zip(generated.cpu().tolist(), logprobs.float().cpu().tolist()):
-            end = row.index(self.eos_id) + 1 if self.eos_id in row else len(row)
-            results.append((row[:end], row_logprobs[:end]))
-        return results
+        return generate_seeded(self.model, prompts, seeds, max_new_tokens=self.max_new_tokens,
+                               temperature=self.temperature, top_p=self.top_p, eos_id=self.eos_id,
+                               pad_id=self.pad_id)
+
+
+def generate_seeded(model: Any, prompts: list[list[int]], seeds: list[int], *, max_new_tokens: int,
+                    temperature: float, top_p: float, eos_id: int, pad_id: int,
+                    min_new_tokens: int = 0) -> list[tuple[list[int], list[float]]]:
+    """``(completion ids, logprobs)`` per prompt: ``model.generate`` (left padding) with every token chosen by the
+    seeded sampler (:class:`agents.sampling.SeededSampler`), each completion cut after ``eos_id``.
+    ``min_new_tokens`` (throughput measurements only) bans ``eos_id`` until then: the recorded logprobs are then
+    those of the restricted distribution."""
+    import torch
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    width = max(len(p) for p in prompts)
+    device = next(model.parameters()).device
+    input_ids = torch.full((len(prompts), width), pad_id, dtype=torch.long)
+    attention = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, prompt in enumerate(prompts):
+        input_ids[i, width - len(prompt):] = torch.tensor(prompt, dtype=torch.long)
+        attention[i, width - len(prompt):] = 1
+    sampler = SeededSampler(seeds, width, temperature, top_p)
+    # A clean generation config: none of the model's own defaults (top_k, repetition penalty...) may change the
+    # distribution the trainer recomputes. The sampler picks every token; generate() then takes its argmax.
+    config = GenerationConfig(do_sample=False, max_new_tokens=max_new_tokens, min_new_tokens=min_new_tokens or None,
+                              eos_token_id=eos_id, pad_token_id=pad_id)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        sequences = model.generate(input_ids=input_ids.to(device), attention_mask=attention.to(device),
+                                   generation_config=config, logits_processor=LogitsProcessorList([sampler]))
+    if was_training:
+        model.train()
+    generated = sequences[:, width:]
+    tokens, logprobs = sampler.recorded(generated.shape[1])
+    emitted = generated != pad_id
+    if not torch.equal(tokens.to(generated.device)[emitted], generated[emitted]):
+        raise RuntimeError("generate() did not emit the tokens the seeded sampler chose; a logits processor of the "
+                           "model's generation config may interfere")
+    results = []
+    for row, row_logprobs in zip(generated.cpu().tolist(), logprobs.float().cpu().tolist()):
+        end = row.index(eos_id) + 1 if eos_id in row else len(row)
+        results.append((row[:end], row_logprobs[:end]))
+    return results

@@ -10,9 +10,10 @@ import torch
 
 from agents.base import AgentStep
 from agents.rollout import EpisodeResult
+from agents.token_path import token_logprobs
 from train.config import TrainConfig
 from train.grpo import action_advantages, training_sequences
-from train.losses import grpo_loss, k3_kl, ppo_clip_terms, token_logprobs
+from train.losses import grpo_loss, k3_kl, ppo_clip_terms
 from train.sequences import collate, dialogue_sequences, episode_sequences, micro_batches
 
 

@@ -30,10 +30,11 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import torch
 
+from agents.token_path import eos_token_id, pad_token_id
 from train.config import TrainConfig
 from train.losses import grpo_loss, sequence_token_weights
-from train.policy import (ReferencePolicy, add_lora, configure_torch, eos_token_id, forward_micro_batches, load_model,
-                          load_tokenizer, make_optimizer, make_scheduler, model_device, pad_token_id, use_bf16)
+from train.policy import (ReferencePolicy, add_lora, configure_torch, forward_micro_batches, load_model,
+                          load_tokenizer, make_optimizer, make_scheduler, model_device, use_bf16)
 from train.sequences import TokenSequence, episode_sequences, epoch_order
 
 # ---------------------------------------------------------------------------------------------------------

@@ -26,23 +26,6 @@ import torch
 from train.config import LOSS_AGGREGATIONS
 
 
-def token_logprobs(logits: torch.Tensor, targets: torch.Tensor, temperature: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
-    """``(log p(target), entropy)`` per position under ``softmax(logits / temperature)``.
-
-    ``logits``: ``[..., vocab]``; ``targets``: ``[...]`` token ids. The temperature matches the sampler's
-    (the agent's logprobs are those of ``logits / temperature``), so a ratio of 1 means "same distribution".
-    Entropy is in nats, computed in float32.
-    """
-    logits = logits.float()
-    if temperature != 1.0:
-        logits = logits / temperature
-    log_norm = torch.logsumexp(logits, dim=-1)
-    logprobs = logits.gather(-1, targets.unsqueeze(-1)).squeeze(-1) - log_norm
-    probs = torch.softmax(logits, dim=-1)
-    entropy = log_norm - (probs * logits).sum(-1)
-    return logprobs, entropy
-
-
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
     """The k3 estimator of KL(pi || pi_ref) per token: exp(r) - r - 1 with r = log pi_ref - log pi (>= 0).
 

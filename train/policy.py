@@ -14,7 +14,7 @@ from typing import Any, Iterator
 
 import torch
 
-from train.losses import token_logprobs
+from agents.token_path import token_logprobs
 
 
 def configure_torch(config: Any) -> None:
@@ -65,18 +65,6 @@ def _require_folder(path: str, what: str) -> None:
     if not path or not Path(path).is_dir():
         raise FileNotFoundError(f"{what} folder {path!r} does not exist. Fix: point the config at a local Hugging "
                                 "Face folder (cm2 never downloads models)")
-
-
-def eos_token_id(tokenizer: Any) -> int:
-    """The id that ends an assistant message (``<|im_end|>`` for ChatML templates)."""
-    eos = tokenizer.convert_tokens_to_ids("<|im_end|>")
-    if eos is None or eos == tokenizer.unk_token_id:
-        eos = tokenizer.eos_token_id
-    return int(eos)
-
-
-def pad_token_id(tokenizer: Any) -> int:
-    return int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_id(tokenizer))
 
 
 def add_lora(model: Any, r: int, alpha: int, dropout: float, target_modules: list[str]) -> Any:

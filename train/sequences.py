@@ -21,6 +21,8 @@ from dataclasses import dataclass, field
 from functools import lru_cache
 from typing import Any, Sequence
 
+from agents.token_path import prompt_ids
+
 
 @lru_cache(maxsize=64)
 def epoch_order(n: int, seed: int, epoch: int) -> tuple[int, ...]:
@@ -90,12 +92,6 @@ def episode_sequences(actions: Sequence[Any], advantages: Sequence[float],
     return sequences
 
 
-def _template_ids(tokenizer: Any, messages: Sequence[dict], tools: Sequence[dict] | None, generation_prompt: bool) -> list[int]:
-    ids = tokenizer.apply_chat_template(list(messages), tools=list(tools) if tools else None,
-                                        add_generation_prompt=generation_prompt, tokenize=True, return_dict=False)
-    return list(ids.tolist() if hasattr(ids, "tolist") else ids)
-
-
 def dialogue_sequences(messages: Sequence[dict], tools: Sequence[dict] | None, tokenizer: Any, eos_id: int,
                        max_length: int | None = None) -> list[TokenSequence]:
     """Sequences for SFT on one reference dialogue (OpenAI messages); loss on assistant tokens only.
@@ -111,8 +107,8 @@ def dialogue_sequences(messages: Sequence[dict], tools: Sequence[dict] | None, t
     for i, message in enumerate(messages):
         if message.get("role") != "assistant":
             continue
-        prompt = _template_ids(tokenizer, messages[:i], tools, generation_prompt=True)
-        full = _template_ids(tokenizer, messages[: i + 1], tools, generation_prompt=False)
+        prompt = prompt_ids(tokenizer, messages[:i], tools, generation_prompt=True)
+        full = prompt_ids(tokenizer, messages[: i + 1], tools, generation_prompt=False)
         if full[: len(prompt)] != prompt:
             raise ValueError(f"message {i}: the chat template's rendering of the assistant message does not start "
                              "with its generation prompt; exact SFT masks need a prefix-stable template")

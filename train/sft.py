@@ -19,10 +19,11 @@ from typing import Any, Callable, Sequence
 
 import torch
 
+from agents.token_path import eos_token_id, pad_token_id
 from train.config import TrainConfig
 from train.metrics import MetricsLogger
-from train.policy import (configure_torch, eos_token_id, forward_micro_batches, load_model, load_tokenizer,
-                          make_optimizer, make_scheduler, model_device, pad_token_id, use_bf16)
+from train.policy import (configure_torch, forward_micro_batches, load_model, load_tokenizer,
+                          make_optimizer, make_scheduler, model_device, use_bf16)
 from train.sequences import TokenSequence, dialogue_sequences, epoch_order
 
 #: docs/method.md, "Training recipe": markup tokens and the words whose embeddings they start from.

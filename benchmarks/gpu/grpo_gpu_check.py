@@ -49,20 +49,18 @@ def build_model(device: torch.device, shape: dict):
     return model
 
 
-@torch.no_grad()
 def sample(model, prompts: torch.Tensor, new_tokens: int, temperature: float, bf16: bool):
-    """(completion ids, sampling logprobs) per row, as agents.TransformersAgent records them."""
-    model.eval()
+    """(completion ids, sampling logprobs) per row: the sampler agents.TransformersAgent uses (seeded per row,
+    logprobs on the device), with the end token banned until ``new_tokens`` so every row has the same length."""
+    from agents.sampling import sampling_seed
+    from agents.transformers_agent import generate_seeded
+
+    rows = prompts.tolist()
     with torch.autocast(prompts.device.type, dtype=torch.bfloat16, enabled=bf16):
-        out = model.generate(input_ids=prompts, attention_mask=torch.ones_like(prompts), do_sample=True,
-                             temperature=temperature, top_p=1.0, top_k=None, max_new_tokens=new_tokens,
-                             min_new_tokens=new_tokens, eos_token_id=EOS, pad_token_id=PAD, output_logits=True, use_cache=True,
-                             return_dict_in_generate=True)
-    generated = out.sequences[:, prompts.shape[1]:]
-    logprobs = torch.empty(generated.shape, dtype=torch.float32, device=generated.device)
-    for j, logits in enumerate(out.logits):  # one [batch, vocab] tensor per new token: no [B, T, V] copy
-        logprobs[:, j] = torch.log_softmax(logits.float() / temperature, -1).gather(-1, generated[:, j:j + 1]).squeeze(-1)
-    return generated.cpu().tolist(), logprobs.cpu().tolist()
+        results = generate_seeded(model, rows, [sampling_seed("gpu-check", i) for i in range(len(rows))],
+                                  max_new_tokens=new_tokens, min_new_tokens=new_tokens, temperature=temperature,
+                                  top_p=1.0, eos_id=EOS, pad_id=PAD)
+    return [ids for ids, _ in results], [logprobs for _, logprobs in results]
 
 
 def main(argv: list[str] | None = None) -> dict:
