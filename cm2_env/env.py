@@ -33,25 +33,54 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 
 import gymnasium as gym
 
 from cm2_env.data.io import load_dialogues
 from cm2_env.data.models import Dialogue
 from cm2_env.data.turns import turn_complete
-from cm2_env.episode import VARIANT_MODES, DialoguePlan, EpisodeState, plan_dialogue
-from cm2_env.judge.base import JudgeRequest
+from cm2_env.episode import VARIANT_MODES, DialoguePlan, EpisodeState, RewardRecord, plan_dialogue
+from cm2_env.judge.base import ChecklistJudge, JudgeRequest
 from cm2_env.backends import build_backends
 from cm2_env.loop import PrivateLoop
 from cm2_env.render import render_transcript
 from cm2_env.reward import ASSIGNMENT_MODES, L_MODES
 from cm2_env.reward.items import check_choice
-from cm2_env.simulator.base import INVALID_CALL_SOURCES, ToolResult
+from cm2_env.simulator.base import INVALID_CALL_SOURCES, ToolResult, ToolSimulator
 from cm2_env.spaces import TextSpace
 from cm2_env.toolcalls import ParseError, ParsedAction, ParsedCall, parse, to_assistant_message
 
 INVALID_CALL_POLICIES: tuple[str, ...] = ("respond", "terminate")
+
+
+class StepInfo(TypedDict, total=False):
+    """The ``info`` of :meth:`CM2ToolUseEnv.reset` and :meth:`CM2ToolUseEnv.step` (treat it as read-only).
+
+    Always: ``dialogue_id``; ``messages`` (the visible history as OpenAI messages) and ``tools`` (OpenAI function
+    tools) -- what an LLM policy needs, structured; ``turn`` (0-based) and ``action`` (actions taken in the
+    turn); ``reference_turns``; ``verdicts`` (per reached turn, item id -> ``{"passed", "first_action",
+    "source"}``); ``usage`` (per-episode counters: actions, tool calls, invalid calls, judge requests, judged items,
+    verdict sources, simulator usage; no timings); ``failed`` and ``failure`` (a simulator or judge error).
+    At the end of an episode also ``end_reason``, ``R`` (the trajectory reward, Eq. 4) and ``reward_record``
+    (:class:`cm2_env.episode.RewardRecord`, what group advantages are computed from). ``action_clipped`` when an
+    action was cut to ``max_action_length``.
+    """
+
+    dialogue_id: str
+    messages: list[dict[str, Any]]
+    tools: list[dict[str, Any]]
+    turn: int
+    action: int
+    reference_turns: int
+    verdicts: list[dict[str, dict[str, Any]]]
+    usage: dict[str, Any]
+    failed: bool
+    failure: str | None
+    end_reason: str
+    R: float
+    reward_record: RewardRecord
+    action_clipped: bool
 #: Defaults, in characters: a generous history (token budgets are the policy's business) and about the
 #: released 8k-token response limit for one action.
 DEFAULT_MAX_OBSERVATION_LENGTH = 1_000_000
@@ -86,8 +115,8 @@ class CM2ToolUseEnv(gym.Env[str, str]):
     def __init__(
         self,
         dataset: str | Sequence[Dialogue | dict] = "tooltalk",
-        simulator: Any = "replay",
-        judge: Any = "rule",
+        simulator: str | ToolSimulator = "replay",
+        judge: str | ChecklistJudge = "rule",
         *,
         reward_assignment: str = "trajectory",
         normaliser: str = "reference",
@@ -186,7 +215,8 @@ class CM2ToolUseEnv(gym.Env[str, str]):
 
     # --- the async API ----------------------------------------------------------------------------------
 
-    async def areset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
+    async def areset(self, *, seed: int | None = None,
+                     options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
         """Start an episode; returns ``(observation, info)``. Same semantics as :meth:`reset`."""
         super().reset(seed=seed)
         dialogue = self._choose(options)
@@ -196,8 +226,15 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         self._sim_episode = self.simulator.start_episode(dialogue)
         return self._episode.observation(self.observation_space.max_length), self._info()
 
-    async def astep(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Take one agent action; returns ``(observation, reward, terminated, truncated, info)``."""
+    async def astep(self, action: str) -> tuple[str, float, bool, bool, StepInfo]:
+        """Take one agent action; returns ``(observation, reward, terminated, truncated, info)``.
+
+        ``observation``: the JSON array of the visible history (cut to ``max_observation_length``). ``reward``: the
+        payment of the reward assignment for this action (over an episode the payments sum to R).
+        ``terminated``: the dialogue is complete, strictness failed after a turn's reply, or an invalid call under
+        ``invalid_call_policy="terminate"``. ``truncated``: a limit was hit (actions per episode or per turn,
+        turns, observation length) or a backend failed (``info["failed"]``). ``info``: :class:`StepInfo`.
+        """
         episode = self._episode
         if episode is None:
             raise RuntimeError("step() before reset(): call env.reset() (or await env.areset()) first")
@@ -365,15 +402,13 @@ class CM2ToolUseEnv(gym.Env[str, str]):
     def _aggregation(self) -> str:
         return "mean" if self.checklist_variants == "first" else self.checklist_variants
 
-    def _info(self) -> dict[str, Any]:
-        """``info``: dialogue_id, messages, tools, turn (0-based), action (actions taken in the turn),
-        reference_turns, verdicts (per reached turn, item id -> passed/first_action/source), usage (per-episode
-        counters, no timings), failed, failure; at the end also end_reason, R and reward_record."""
+    def _info(self) -> StepInfo:
+        """The current :class:`StepInfo`."""
         episode = self._episode
         usage = dict(episode.usage)
         usage["verdict_sources"] = dict(episode.verdict_sources)
         usage["simulator"] = dict(self._sim_episode.usage()) if hasattr(self._sim_episode, "usage") else {}
-        info: dict[str, Any] = {
+        info: StepInfo = {
             "dialogue_id": episode.plan.dialogue.id,
             "messages": list(episode.messages),
             "tools": list(episode.plan.tools),
@@ -394,12 +429,14 @@ class CM2ToolUseEnv(gym.Env[str, str]):
 
     # --- the sync API -------------------------------------------------------------------------------------
 
-    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, dict[str, Any]]:
-        """Start an episode (runs :meth:`areset` on the env's private event loop)."""
+    def reset(self, *, seed: int | None = None, options: dict[str, Any] | None = None) -> tuple[str, StepInfo]:
+        """Start an episode: ``options={"dialogue_id": ...}`` (or ``"dialogue_index"``) picks the dialogue, else
+        the env's ``np_random`` (seeded by ``seed``) draws one. Returns ``(observation, info)`` with the system
+        prompt and the first user message (:class:`StepInfo`). Runs :meth:`areset` on the env's private loop."""
         return self._run(self.areset(seed=seed, options=options))
 
-    def step(self, action: str) -> tuple[str, float, bool, bool, dict[str, Any]]:
-        """Take one agent action (runs :meth:`astep` on the env's private event loop)."""
+    def step(self, action: str) -> tuple[str, float, bool, bool, StepInfo]:
+        """Take one agent action: see :meth:`astep` for what it returns. Runs it on the env's private loop."""
         return self._run(self.astep(action))
 
     def _run(self, coroutine: Any) -> Any:

@@ -18,11 +18,34 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Sequence, TypedDict
 
 from cm2_env.data.models import ChecklistItem, Dialogue
 from cm2_env.data.turns import split_turns
 from cm2_env.reward import TurnRewardState, VariantTurnRewardState, normaliser, trajectory_reward
+
+class TurnHistory(TypedDict, total=False):
+    """One reached turn of a :class:`RewardRecord`: the actions taken and, per item, the action after which it
+    was first satisfied (``None``: never); ``variants``: the same for every checklist variant in use."""
+
+    steps: int
+    first_satisfied: dict[str, int | None]
+    variants: list[dict[str, int | None]]
+
+
+class RewardRecord(TypedDict):
+    """``info["reward_record"]`` at the end of an episode: the rollout in the schema of ``cm2 reward compute``
+    (``failed``, ``turns``) with what the episode earned -- R (Eq. 4), each reached turn's R_t (Eq. 6) and each
+    action's reward (Eq. 2) -- and how R was normalised."""
+
+    failed: bool
+    turns: list[TurnHistory]
+    R: float
+    turn_rewards: list[float]
+    action_rewards: list[list[float]]
+    reference_turns: int
+    L: str
+
 
 #: How several checklist variants of a dialogue are used: only the first, or all aggregated (cm2_env.reward).
 VARIANT_MODES: tuple[str, ...] = ("first", "mean", "majority")
@@ -140,10 +163,10 @@ class TurnVerdicts:
     def turn_reward(self) -> float:
         return float(self.reward_state.turn_reward)
 
-    def history(self) -> dict[str, Any]:
+    def history(self) -> TurnHistory:
         """This turn in the rollout schema of ``cm2 reward compute``: steps and first_satisfied (variant 0), plus
         every variant's first_satisfied when several are in use."""
-        entry: dict[str, Any] = {"steps": self.actions, "first_satisfied": dict(self._states[0].first_satisfied)}
+        entry: TurnHistory = {"steps": self.actions, "first_satisfied": dict(self._states[0].first_satisfied)}
         if len(self._states) > 1:
             entry["variants"] = [dict(state.first_satisfied) for state in self._states]
         return entry
@@ -259,7 +282,7 @@ class EpisodeState:
     def done(self) -> bool:
         return self.end_reason is not None
 
-    def reward_record(self) -> dict[str, Any]:
+    def reward_record(self) -> RewardRecord:
         """The rollout in the schema of ``cm2 reward compute`` plus R and the per-turn / per-action rewards."""
         return {
             "failed": self.failed,
