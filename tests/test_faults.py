@@ -248,3 +248,12 @@ def test_progress_goes_to_stderr_as_plain_lines_when_stderr_is_not_a_terminal(ca
     lines = capsys.readouterr().err.splitlines()
     assert lines and lines[-1].startswith("rollouts: 20/20 (100%)") and len(lines) == 10
     assert not any("\x1b[" in line for line in lines)
+
+
+def test_a_config_file_with_several_mistakes_reports_all_of_them(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: m\nlerning_rate: 1e-4\nsteps: -1\ngroup_size: '8'\nadvantage_level: episode\n")
+    result = CliRunner().invoke(main, ["train", "--config", str(path)])
+    assert result.exit_code == 2 and "4 problems" in result.output
+    for line, field in ((2, "lerning_rate"), (3, "steps"), (4, "group_size"), (5, "advantage_level")):
+        assert f"{path}:{line}:" in result.output and field in result.output

@@ -1,5 +1,10 @@
 """The tiny CPU pipeline learns from checklist rewards: a shorter variant of `cm2 train --preset tiny-cpu`
-raises the mean checklist reward over its SFT start on a fixed seed (no timing assertions)."""
+raises the mean checklist reward over its SFT start (no timing assertions).
+
+The margin is backed by runs (docs/training.md, "The learning test"): over seeds 0-4, and with other CPU kernels
+(ATEN_CPU_CAPABILITY=default, MKL_CBWR=COMPATIBLE: a stand-in for another machine), the quick preset raised the
+reward by 0.09 to 0.15; the test asks for 0.04, so it passes on any machine where learning works and still fails
+when it does not (a broken update leaves after == before)."""
 
 from __future__ import annotations
 
@@ -25,7 +30,7 @@ def test_the_quick_tiny_preset_raises_the_mean_checklist_reward_after_grpo(tmp_p
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["seed"] == 0
-    assert summary["reward_after"] > summary["reward_before"] + 0.05, summary
+    assert summary["reward_after"] > summary["reward_before"] + 0.04, summary
     assert summary["failed_episodes"] == 0
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
     lines = (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()

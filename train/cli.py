@@ -60,8 +60,14 @@ def _table(title: str, rows: list[tuple[str, Any]]):
     return table
 
 
+class BadInput(click.ClickException):
+    """Bad input (a config, a path, a value): its message, exit status 2 like click's usage errors."""
+
+    exit_code = 2
+
+
 def _fail(exc: Exception) -> None:
-    raise click.ClickException(str(exc)) from exc
+    raise BadInput(str(exc)) from exc
 
 
 @click.command(name="train")

@@ -120,13 +120,16 @@ class TrainConfig:
     tensorboard: bool = False
     progress: bool = True
 
-    def validate(self, source: str = "<config>", lines: dict[str, int] | None = None) -> "TrainConfig":
-        """Check choices and ranges; raise :class:`ConfigError` naming ``source:line`` and the field."""
+    def validate(self, source: str = "<config>", lines: dict[str, int] | None = None,
+                 earlier: list[str] | None = None) -> "TrainConfig":
+        """Check choices and ranges; raise one :class:`ConfigError` listing every problem (with ``earlier`` ones,
+        e.g. unknown fields), each naming ``source:line``, the field and the fix."""
         lines = lines or {}
+        problems = list(earlier or [])
 
         def fail(name: str, problem: str, fix: str) -> None:
             where = f"{source}:{lines[name]}" if name in lines else source
-            raise ConfigError(f"{where}: field {name!r}: {problem}. Fix: {fix}")
+            problems.append(f"{where}: field {name!r}: {problem}. Fix: {fix}")
 
         def choice(name: str, allowed: tuple[str, ...]) -> None:
             value = getattr(self, name)
@@ -181,6 +184,10 @@ class TrainConfig:
             resolve_chat_template(self.chat_template)
         except ValueError as exc:
             fail("chat_template", str(exc).split(". Fix:")[0], "use '', 'interleaved-thinking' or a .jinja path")
+        if len(problems) == 1:
+            raise ConfigError(problems[0])
+        if problems:
+            raise ConfigError(f"{len(problems)} problems in {source}:\n" + "\n".join(problems))
         return self
 
     def require_model(self, source: str = "<config>") -> None:
@@ -270,12 +277,14 @@ def config_from_mapping(data: Any, source: str = "<config>", lines: dict[str, in
     known = {f.name: f for f in fields(TrainConfig)}
     hints = typing.get_type_hints(TrainConfig)  # resolves the postponed annotations
     values = {}
+    problems: list[str] = []
     for name, value in data.items():
         where = f"{source}:{lines[name]}" if name in lines else source
         if name not in known:
             close = difflib.get_close_matches(str(name), known, n=1)
             hint = f"did you mean {close[0]!r}?" if close else "see docs/training.md for the list of fields"
-            raise ConfigError(f"{where}: unknown field {name!r}. Fix: remove it or rename it ({hint})")
+            problems.append(f"{where}: unknown field {name!r}. Fix: remove it or rename it ({hint})")
+            continue
         f = known[name]
         # YAML reads `bf16: true` as a bool; the field is a three-way choice
         if name == "bf16" and isinstance(value, bool):
@@ -286,10 +295,11 @@ def config_from_mapping(data: Any, source: str = "<config>", lines: dict[str, in
             value = int(value)
         if not _type_ok(value, hints[name]):
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            raise ConfigError(f"{where}: field {name!r} must be of type {_type_name(hints[name])}, got {json.dumps(value)} "
-                              f"({type(value).__name__}). Fix: e.g. `{name}: {json.dumps(default)}`")
+            problems.append(f"{where}: field {name!r} must be of type {_type_name(hints[name])}, got "
+                            f"{json.dumps(value)} ({type(value).__name__}). Fix: e.g. `{name}: {json.dumps(default)}`")
+            continue
         values[name] = value
-    return TrainConfig(**values).validate(source, lines)
+    return TrainConfig(**values).validate(source, lines, earlier=problems)
 
 
 def load_config(path: str | Path, **overrides: Any) -> TrainConfig:

@@ -51,8 +51,9 @@ TINY_CPU: dict[str, Any] = {
     "f_norm": "std",
     "max_new_tokens": 48,
     "temperature": 1.0,
-    "learning_rate": 5e-4,
+    "learning_rate": 2e-4,
     "lr_schedule": "constant",
+    "loss_aggregation": "seq-mean-token-mean",
     "kl_coef": 0.05,
     "clip_range": 0.2,
     "ppo_epochs": 1,
@@ -88,7 +89,6 @@ TINY_CPU_QUICK: dict[str, Any] = {
     "steps": 16,
     "prompts_per_step": 4,
     "learning_rate": 1e-4,
-    "loss_aggregation": "seq-mean-token-mean",
 }
 
 PRESETS: dict[str, dict[str, Any]] = {"tiny-cpu": TINY_CPU, "tiny-cpu-quick": TINY_CPU_QUICK}
