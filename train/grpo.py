@@ -11,12 +11,13 @@ config -> rollout -> advantages -> loss -> update -> log, repeated ``config.step
    the episode's actions. Failed episodes (simulator/judge errors) are excluded from the group and from the
    loss, and counted.
 4. **loss**: every action's sampled ids become training tokens as they are (:mod:`train.sequences`, no
-   re-tokenisation); only completion tokens carry loss: PPO-clip token mean + ``kl_coef`` * k3 KL to the frozen
-   reference (:mod:`train.losses`).
+   re-tokenisation); only completion tokens carry loss: PPO-clip + ``kl_coef`` * k3 KL to the frozen reference,
+   tokens weighted by ``loss_aggregation`` (:mod:`train.losses`).
 5. **update**: ``ppo_epochs`` passes over the batch, each split into ``ppo_mini_batches`` optimizer steps, each
    accumulated over micro-batches of at most ``micro_batch_tokens`` tokens, under bf16 autocast where enabled.
-6. **log**: one JSONL record per step (:mod:`train.metrics`), a checkpoint every ``checkpoint_interval`` steps
-   (:mod:`train.checkpoint`, exact resume), a progress bar, a reward-curve PNG at the end.
+6. **log**: one JSONL record per step (:mod:`train.metrics`; ``on_step`` drives the CLI's progress bar) and a
+   checkpoint every ``checkpoint_interval`` steps (:mod:`train.checkpoint`, exact resume). The reward-curve PNG
+   is drawn from the metrics by :func:`train.metrics.plot_reward_curve` (the tiny-cpu preset does).
 """
 
 from __future__ import annotations
