@@ -1,9 +1,12 @@
-"""Progress of long commands, on stderr: a rich bar on a terminal, plain periodic lines anywhere else.
+"""Progress of long commands, on stderr: rich bars on a terminal, plain periodic lines anywhere else.
 
-``with progress("rollouts", total) as advance: ... advance()`` -- on a TTY a live bar; when stderr is a file or a
-pipe (CI logs, ``nohup``, a notebook) one line such as ``rollouts: 40/156 (26%) in 12.3 s`` at every tenth of
-the work (and at the end), so a log shows progress without terminal control codes. ``enabled=False`` prints
-nothing.
+:class:`Phases` reports the phases of a run (``build``, ``sft``, ``grpo``, ``rollouts`` ...): call it with
+``(phase, done, total, info)``. On a TTY each phase is a live bar with its info (``reward 0.6523``); when stderr
+is a file or a pipe (CI logs, ``nohup``, a notebook) each phase prints one line such as
+``grpo: 7/14 (50%) reward 0.6523 in 123.4 s`` at every tenth of its work and at its end, so a log shows progress
+without terminal control codes. ``enabled=False`` prints nothing.
+
+:func:`progress` is the one-phase form: ``with progress("rollouts", total) as advance: ... advance()``.
 """
 
 from __future__ import annotations
@@ -11,39 +14,67 @@ from __future__ import annotations
 import contextlib
 import sys
 import time
-from typing import Callable, Iterator
+from typing import Any, Callable, Iterator
+
+
+class Phases:
+    """A reporter of a run's phases (see the module docstring); use it as a context manager."""
+
+    def __init__(self, enabled: bool = True, console: Any = None):
+        self.enabled = enabled
+        self.live = enabled and sys.stderr.isatty()
+        self._started: dict[str, float] = {}
+        self._next_report: dict[str, int] = {}
+        self._tasks: dict[str, Any] = {}
+        self._bar = None
+        if self.live:
+            from rich.console import Console
+            from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+            self._bar = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
+                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(),
+                                 console=console or Console(stderr=True))
+
+    def __enter__(self) -> "Phases":
+        if self._bar is not None:
+            self._bar.start()
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._bar is not None:
+            self._bar.stop()
+
+    def __call__(self, phase: str, done: int, total: int, info: dict[str, Any] | None = None) -> None:
+        if not self.enabled:
+            return
+        text = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}"
+                         for k, v in (info or {}).items() if v is not None)
+        if self._bar is not None:
+            if phase not in self._tasks:
+                self._tasks[phase] = self._bar.add_task(phase, total=total, info="")
+            self._bar.update(self._tasks[phase], completed=done, total=total, info=text)
+            return
+        now = time.monotonic()
+        started = self._started.setdefault(phase, now)
+        step = max(1, total // 10)
+        if done >= self._next_report.get(phase, step) or done >= total:
+            share = f" ({done / total:.0%})" if total else ""
+            print(f"{phase}: {done}/{total}{share}{'  ' + text if text else ''} in {now - started:.1f} s",
+                  file=sys.stderr, flush=True)
+            self._next_report[phase] = (done // step + 1) * step
 
 
 @contextlib.contextmanager
 def progress(label: str, total: int, *, enabled: bool = True) -> Iterator[Callable[[int], None]]:
-    """A progress reporter for ``total`` units of work (see the module docstring); yields ``advance(n=1)``."""
+    """A one-phase reporter for ``total`` units of work; yields ``advance(n=1)``."""
     if not enabled or total <= 0:
         yield lambda n=1: None
         return
-    if sys.stderr.isatty():
-        from rich.console import Console
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        bar = Progress(TextColumn(label), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
-                       console=Console(stderr=True), transient=False)
-        bar.start()
-        task = bar.add_task(label, total=total)
-        try:
-            yield lambda n=1: bar.advance(task, n)
-        finally:
-            bar.stop()
-        return
-    started = time.monotonic()
-    step = max(1, total // 10)
     done = 0
-    next_report = step
+    with Phases() as phases:
+        def advance(n: int = 1) -> None:
+            nonlocal done
+            done += n
+            phases(label, done, total)
 
-    def advance(n: int = 1) -> None:
-        nonlocal done, next_report
-        done += n
-        if done >= next_report or done >= total:
-            print(f"{label}: {done}/{total} ({done / total:.0%}) in {time.monotonic() - started:.1f} s",
-                  file=sys.stderr, flush=True)
-            next_report = (done // step + 1) * step
-
-    yield advance
+        yield advance

@@ -257,3 +257,13 @@ def test_a_config_file_with_several_mistakes_reports_all_of_them(tmp_path):
     assert result.exit_code == 2 and "4 problems" in result.output
     for line, field in ((2, "lerning_rate"), (3, "steps"), (4, "group_size"), (5, "advantage_level")):
         assert f"{path}:{line}:" in result.output and field in result.output
+
+
+def test_training_phases_report_plain_lines_with_their_info_off_a_terminal(capsys):
+    from cm2_env.progress import Phases
+
+    with Phases() as phases:
+        for step in range(1, 5):
+            phases("grpo", step, 4, {"reward": 0.5 + step / 10})
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[-1].startswith("grpo: 4/4 (100%)  reward 0.9000 in ") and len(lines) == 4

@@ -16,37 +16,13 @@ from typing import Any
 
 import click
 
+from cm2_env.progress import Phases
+
 
 def _console(to_stderr: bool):
     from rich.console import Console
 
     return Console(stderr=to_stderr)
-
-
-class _PhaseBars:
-    """One rich progress bar per phase of a run (build, sft, eval, grpo)."""
-
-    def __init__(self, console: Any, enabled: bool = True):
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
-
-        self.enabled = enabled
-        self.progress = Progress(TextColumn("{task.description:<12}"), BarColumn(), MofNCompleteColumn(),
-                                 TextColumn("{task.fields[info]}"), TimeElapsedColumn(), console=console,
-                                 disable=not enabled)
-        self.tasks: dict[str, Any] = {}
-
-    def __enter__(self) -> "_PhaseBars":
-        self.progress.start()
-        return self
-
-    def __exit__(self, *exc: Any) -> None:
-        self.progress.stop()
-
-    def __call__(self, phase: str, done: int, total: int, info: dict[str, Any]) -> None:
-        if phase not in self.tasks:
-            self.tasks[phase] = self.progress.add_task(phase, total=total, info="")
-        text = "  ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in info.items() if v is not None)
-        self.progress.update(self.tasks[phase], completed=done, total=total, info=text)
 
 
 def _table(title: str, rows: list[tuple[str, Any]]):
@@ -89,7 +65,7 @@ def train(preset: str | None, config_path: str | None, out: str | None, seed: in
     if preset is not None:
         from train.presets import run_tiny_cpu
 
-        with _PhaseBars(console) as bars:
+        with Phases(console=console) as bars:
             try:
                 summary = run_tiny_cpu(out or "runs/tiny-cpu", seed=seed or 0, preset=preset, on_progress=bars)
             except (ValueError, FileNotFoundError) as exc:
@@ -120,7 +96,7 @@ def train(preset: str | None, config_path: str | None, out: str | None, seed: in
         config = load_config(config_path, output_dir=out, seed=seed, resume=resume)
     except ConfigError as exc:
         _fail(exc)
-    with _PhaseBars(console, enabled=config.progress) as bars:
+    with Phases(enabled=config.progress, console=console) as bars:
         try:
             result = run_grpo(config, overwrite=overwrite,
                               on_step=lambda s, r: bars("grpo", s, config.steps, {"reward": r.get("reward/mean"),
@@ -153,7 +129,7 @@ def sft(config_path: str, out: str | None, as_json: bool) -> None:
     except ConfigError as exc:
         _fail(exc)
     console = _console(to_stderr=as_json)
-    with _PhaseBars(console, enabled=config.progress) as bars:
+    with Phases(enabled=config.progress, console=console) as bars:
         try:
             result = run_sft(config, on_step=lambda s, n, loss: bars("sft", s, n, {"loss": loss}))
         except (ValueError, FileNotFoundError) as exc:
