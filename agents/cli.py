@@ -7,6 +7,8 @@ import time
 
 import click
 
+from cm2_env.reward import ASSIGNMENT_MODES
+
 
 @click.command("rollout")
 @click.option("--dataset", default="tooltalk", show_default=True, help="Bundled dataset name or JSONL path.")
@@ -20,7 +22,7 @@ import click
 @click.option("--limit", default=None, type=click.IntRange(min=1), help="Use only the first N dialogues.")
 @click.option("--concurrency", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--reward-assignment", default="trajectory", show_default=True,
-              type=click.Choice(["step", "turn", "trajectory"]))
+              type=click.Choice(ASSIGNMENT_MODES))
 @click.option("--temperature", default=None, type=float, help="Sampling temperature for model agents.")
 @click.option("--max-new-tokens", default=None, type=int, help="Generation budget per action (hf: agents).")
 @click.option("--seed", default=0, show_default=True)

@@ -40,12 +40,12 @@ import gymnasium as gym
 from cm2_env.data.io import load_dialogues
 from cm2_env.data.models import Dialogue
 from cm2_env.data.turns import turn_complete
-from cm2_env.episode import VARIANT_MODES, DialoguePlan, EpisodeState, RewardRecord, plan_dialogue
+from cm2_env.episode import VARIANT_MODES, DialoguePlan, EpisodeState, plan_dialogue
 from cm2_env.judge.base import ChecklistJudge, JudgeRequest
 from cm2_env.backends import build_backends
 from cm2_env.loop import PrivateLoop
 from cm2_env.render import render_transcript
-from cm2_env.reward import ASSIGNMENT_MODES, L_MODES
+from cm2_env.reward import L_MODES, RewardAssignment, RewardRecord, reward_assignment as as_assignment
 from cm2_env.reward.items import check_choice
 from cm2_env.simulator.base import INVALID_CALL_SOURCES, ToolResult, ToolSimulator
 from cm2_env.spaces import TextSpace
@@ -63,7 +63,7 @@ class StepInfo(TypedDict, total=False):
     "source"}``); ``usage`` (per-episode counters: actions, tool calls, invalid calls, judge requests, judged items,
     verdict sources, simulator usage; no timings); ``failed`` and ``failure`` (a simulator or judge error).
     At the end of an episode also ``end_reason``, ``R`` (the trajectory reward, Eq. 4) and ``reward_record``
-    (:class:`cm2_env.episode.RewardRecord`, what group advantages are computed from). ``action_clipped`` when an
+    (:class:`cm2_env.reward.RewardRecord`, what group advantages are computed from). ``action_clipped`` when an
     action was cut to ``max_action_length``.
     """
 
@@ -94,7 +94,8 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         dataset: a bundled dataset name ("tooltalk"), a JSONL/JSON path, or a list of Dialogue objects / records.
         simulator: a ToolSimulator or a spec for :func:`cm2_env.simulator.make_simulator` ("replay", "openai:...").
         judge: a ChecklistJudge or a spec for :func:`cm2_env.judge.make_judge` ("rule", "openai:...").
-        reward_assignment: "step" | "turn" | "trajectory" -- when reward is paid (the total is always R).
+        reward_assignment: when reward is paid (the total is always R): a :class:`cm2_env.reward.RewardAssignment`
+            or the name of a built-in one, "step" | "turn" | "trajectory".
         normaliser: L of Eq. 4, "reference" (reference turns, as released) or "reached" (turns reached).
         strict: end the episode after a turn whose required items are not all satisfied.
         max_actions: agent actions per episode (the released code's limit: 30 generations per episode).
@@ -118,7 +119,7 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         simulator: str | ToolSimulator = "replay",
         judge: str | ChecklistJudge = "rule",
         *,
-        reward_assignment: str = "trajectory",
+        reward_assignment: str | RewardAssignment = "trajectory",
         normaliser: str = "reference",
         strict: bool = True,
         max_actions: int = 30,
@@ -137,7 +138,7 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         if isinstance(dataset, str) and not dataset.strip():
             raise ValueError("dataset is empty; give a bundled dataset name ('tooltalk'), a JSONL/JSON path, or a "
                              "list of dialogues")
-        check_choice("reward_assignment", reward_assignment, ASSIGNMENT_MODES)
+        assignment = as_assignment(reward_assignment)
         check_choice("normaliser", normaliser, L_MODES)
         check_choice("invalid_call_policy", invalid_call_policy, INVALID_CALL_POLICIES)
         check_choice("checklist_variants", checklist_variants, VARIANT_MODES)
@@ -147,7 +148,7 @@ class CM2ToolUseEnv(gym.Env[str, str]):
                             ("max_turns", max_turns)):
             if not isinstance(value, int) or value < 1:
                 raise ValueError(f"{name} must be a positive int, got {value!r}")
-        self.reward_assignment = reward_assignment
+        self.reward_assignment = assignment
         self.normaliser = normaliser
         self.strict = bool(strict)
         self.max_actions = max_actions

@@ -8,43 +8,30 @@ checklist verdicts and the reward ledger. No I/O and no asyncio here: :mod:`cm2_
 - :class:`EpisodeState`: the transcript (with an incrementally serialised observation), the current turn and
   action, the reached turns, usage counters, how the episode ended, and the payments per assignment mode.
 
-Payments (:meth:`EpisodeState.payment`): "step" pays each action's reward / L, "turn" pays R_t / L at the last
-action of a turn, "trajectory" pays nothing until the end. The last action of an episode always pays
-``R - (everything paid before)``, so every mode sums to the trajectory reward R (Eq. 4) -- also with
-``L="reached"``, where L is only known at the end (earlier payments use the turns reached so far).
+Payments (:meth:`EpisodeState.payment`) follow the episode's :class:`cm2_env.reward.RewardAssignment`: "step"
+pays each action's reward / L, "turn" pays R_t / L at the last action of a turn, "trajectory" pays nothing until
+the end. The last action of an episode always pays ``R - (everything paid before)``, so every assignment sums to
+the trajectory reward R (Eq. 4) -- also with ``L="reached"``, where L is only known at the end (earlier payments
+use the turns reached so far).
 """
 
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from typing import Any, Sequence, TypedDict
+from typing import Any, Sequence
 
 from cm2_env.data.models import ChecklistItem, Dialogue
 from cm2_env.data.turns import split_turns
-from cm2_env.reward import TurnRewardState, VariantTurnRewardState, normaliser, trajectory_reward
-
-class TurnHistory(TypedDict, total=False):
-    """One reached turn of a :class:`RewardRecord`: the actions taken and, per item, the action after which it
-    was first satisfied (``None``: never); ``variants``: the same for every checklist variant in use."""
-
-    steps: int
-    first_satisfied: dict[str, int | None]
-    variants: list[dict[str, int | None]]
-
-
-class RewardRecord(TypedDict):
-    """``info["reward_record"]`` at the end of an episode: the rollout in the schema of ``cm2 reward compute``
-    (``failed``, ``turns``) with what the episode earned -- R (Eq. 4), each reached turn's R_t (Eq. 6) and each
-    action's reward (Eq. 2) -- and how R was normalised."""
-
-    failed: bool
-    turns: list[TurnHistory]
-    R: float
-    turn_rewards: list[float]
-    action_rewards: list[list[float]]
-    reference_turns: int
-    L: str
+from cm2_env.reward import (
+    RewardAssignment,
+    RewardRecord,
+    TurnRecord,
+    TurnRewardState,
+    VariantTurnRewardState,
+    normaliser,
+    trajectory_reward,
+)
 
 
 #: How several checklist variants of a dialogue are used: only the first, or all aggregated (cm2_env.reward).
@@ -163,19 +150,15 @@ class TurnVerdicts:
     def turn_reward(self) -> float:
         return float(self.reward_state.turn_reward)
 
-    def history(self) -> TurnHistory:
-        """This turn in the rollout schema of ``cm2 reward compute``: steps and first_satisfied (variant 0), plus
-        every variant's first_satisfied when several are in use."""
-        entry: TurnHistory = {"steps": self.actions, "first_satisfied": dict(self._states[0].first_satisfied)}
-        if len(self._states) > 1:
-            entry["variants"] = [dict(state.first_satisfied) for state in self._states]
-        return entry
+    def history(self) -> TurnRecord:
+        """This turn as a reward record holds it: its actions and, per variant in use, items and verdicts."""
+        return {"steps": self.actions, "checklists": [state.history() for state in self._states]}
 
 
 class EpisodeState:
     """One episode: transcript, position, verdicts, usage, end and payments (see the module docstring)."""
 
-    def __init__(self, plan: DialoguePlan, *, aggregation: str, assignment: str, L: str):
+    def __init__(self, plan: DialoguePlan, *, aggregation: str, assignment: RewardAssignment, L: str):
         self.plan = plan
         self.aggregation = aggregation
         self.assignment = assignment
@@ -260,16 +243,9 @@ class EpisodeState:
 
     def payment(self, action_reward: float, *, turn_ended: bool, episode_ended: bool) -> float:
         """What the environment pays for the action just recorded (see the module docstring)."""
-        if episode_ended:
-            amount = self.trajectory_reward() - self.paid
-        elif self.assignment == "step":
-            divisor = self.divisor()
-            amount = action_reward / divisor if divisor else 0.0
-        elif self.assignment == "turn" and turn_ended:
-            divisor = self.divisor()
-            amount = self.current.turn_reward / divisor if divisor else 0.0
-        else:
-            amount = 0.0
+        amount = self.assignment.payment(action_reward, self.current.turn_reward, turn_ended=turn_ended,
+                                         episode_ended=episode_ended, divisor=self.divisor(),
+                                         R=self.trajectory_reward() if episode_ended else 0.0, paid=self.paid)
         self.paid += amount
         return amount
 
@@ -283,7 +259,7 @@ class EpisodeState:
         return self.end_reason is not None
 
     def reward_record(self) -> RewardRecord:
-        """The rollout in the schema of ``cm2 reward compute`` plus R and the per-turn / per-action rewards."""
+        """What the episode earned and what the group computation needs (:mod:`cm2_env.reward.record`)."""
         return {
             "failed": self.failed,
             "turns": [turn.history() for turn in self.turns],

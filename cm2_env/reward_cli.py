@@ -27,6 +27,7 @@ import click
 from cm2_env.data.io import read_records
 from cm2_env.reward.group import score_group
 from cm2_env.reward.items import F_NORMS, L_MODES
+from cm2_env.reward.record import replay_histories
 
 GROUP_KEYS = ("id", "L", "f_norm", "min_group_count", "turns", "rollouts")
 ROLLOUT_KEYS = ("failed", "turns")
@@ -163,13 +164,9 @@ def check_group(group: Any) -> list[tuple[str, str]]:
 
 def compute_group(group: dict[str, Any]) -> dict[str, Any]:
     """The result JSON of one checked group."""
-    result = score_group(
-        [turn["items"] for turn in group["turns"]],
-        group["rollouts"],
-        L=group.get("L", "reference"),
-        f_norm=group.get("f_norm", "none"),
-        min_group_count=group.get("min_group_count", 0),
-    ).to_json()
+    records = replay_histories([turn["items"] for turn in group["turns"]], group["rollouts"], L=group.get("L", "reference"))
+    result = score_group(records, f_norm=group.get("f_norm", "none"),
+                         min_group_count=group.get("min_group_count", 0)).to_json()
     return {"id": group["id"], **result} if "id" in group else result
 
 

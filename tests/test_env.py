@@ -21,7 +21,7 @@ import cm2_env  # noqa: F401 - registers CM2ToolUse-v0
 from cm2_env.data import dialogue_turns, load_dialogues
 from cm2_env.env import CM2ToolUseEnv
 from cm2_env.judge.base import Verdict
-from cm2_env.reward import payouts
+from tests.support.reward_oracle import payouts
 from cm2_env.simulator.base import ToolResult
 from cm2_env.spaces import TextSpace
 from cm2_env.toolcalls import render_hermes, render_message_hermes
@@ -232,15 +232,39 @@ def test_one_fixed_trajectory_pays_R_in_total_under_every_assignment_mode(dialog
     assert returns["step"] == returns["turn"] == returns["trajectory"] == pytest.approx(2.6 / 3)
     record = info["reward_record"]
     assert record["turn_rewards"] == pytest.approx([0.6, 1.0, 1.0])
-    assert record["turns"][0] == {"steps": 2, "first_satisfied": {"C0": 1, "C1": 1, "C2": 1, "C3": 2}}
+    assert record["turns"][0]["steps"] == 2 and len(record["turns"][0]["checklists"]) == 1
+    first_turn = record["turns"][0]["checklists"][0]
+    assert first_turn["first_satisfied"] == {"C0": 1, "C1": 1, "C2": 1, "C3": 2}
+    assert first_turn["paid"] == {"C0": 1, "C1": 1, "C3": 2}  # C2 came with its dependency C1: never paid
+    assert [item["id"] for item in first_turn["items"]] == ["C0", "C1", "C2", "C3"]
     assert [t["steps"] for t in record["turns"]] == [2, 2, 3] and record["failed"] is False
     assert per_mode["trajectory"][:-1] == [0.0] * 6
     if L == "reached":  # L is known only at the end: earlier payments use the turns reached so far
         return
-    # When each mode pays agrees with the pure payout function of cm2_env.reward.
+    # When each mode pays agrees with the literal payout schedule (the test oracle).
     for mode in ("step", "turn", "trajectory"):
         expected = [r for turn in payouts(record["action_rewards"], 3, mode) for r in turn]
         assert per_mode[mode] == pytest.approx(expected, abs=1e-12)
+
+
+def test_a_reward_assignment_object_is_composed_into_the_env_and_the_total_stays_R(dialogue):
+    from cm2_env.reward import RewardAssignment, StepAssignment
+
+    class HalfNow(RewardAssignment):
+        name = "half-now"
+
+        def interim(self, action_reward, turn_reward, turn_ended, divisor):
+            return action_reward / divisor / 2
+
+    texts = reference_texts(dialogue)
+    step_rewards, _ = play(CM2ToolUseEnv([dialogue], judge=ScriptedJudge(FIXED_SCRIPT), reward_assignment=StepAssignment()),
+                           texts)
+    rewards, (_, _, terminated, _, info) = play(
+        CM2ToolUseEnv([dialogue], judge=ScriptedJudge(FIXED_SCRIPT), reward_assignment=HalfNow()), texts)
+    assert terminated and sum(rewards) == pytest.approx(info["R"]) == pytest.approx(sum(step_rewards))
+    assert rewards[:-1] == pytest.approx([r / 2 for r in step_rewards[:-1]])
+    with pytest.raises(ValueError, match="reward_assignment must be one of"):
+        CM2ToolUseEnv([dialogue], reward_assignment="episode")
 
 
 def test_the_judge_is_asked_only_about_items_not_yet_satisfied(dialogue):
@@ -301,7 +325,8 @@ def test_the_action_limit_of_a_turn_truncates_the_episode(dialogue):
     assert env.step(call)[3] is False
     _, reward, terminated, truncated, info = env.step(call)
     assert truncated and not terminated and info["end_reason"] == "max_actions_per_turn"
-    assert info["reward_record"]["turns"] == [{"steps": 2, "first_satisfied": {f"C{i}": None for i in range(4)}}]
+    [turn] = info["reward_record"]["turns"]
+    assert turn["steps"] == 2 and turn["checklists"][0]["first_satisfied"] == {f"C{i}": None for i in range(4)}
 
 
 def test_the_turn_limit_truncates_after_the_last_allowed_turn(dialogue):
@@ -437,7 +462,7 @@ def test_checklist_variants_are_judged_separately_and_aggregated(dialogue, how):
     rewards, (_, _, terminated, _, info) = play(env, reference_texts(dialogue))
     assert terminated and set(info["verdicts"][0]) == {f"v{k}.C{i}" for k in range(2) for i in range(4)}
     assert sum(rewards) == pytest.approx(info["R"]) == pytest.approx(2.6 / 3)  # identical variants
-    assert len(info["reward_record"]["turns"][0]["variants"]) == 2
+    assert len(info["reward_record"]["turns"][0]["checklists"]) == 2
 
 
 def test_ansi_render_shows_the_transcript_with_verdicts(dialogue):

@@ -34,23 +34,26 @@ import math
 import pytest
 
 from cm2_env.reward import (
+    ASSIGNMENT_MODES,
     Item,
+    RewardAssignment,
     Rollout,
     TurnHistory,
     TurnRewardState,
     VariantTurnRewardState,
+    advantages_per_action,
+    replay_histories,
+    reward_assignment,
+    score_group,
+    trajectory_reward,
+)
+from tests.support.reward_oracle import (
     action_reward,
     action_rewards,
-    advantages_per_action,
     backfilled_rewards,
     eligible_sets,
     payouts,
-    score_group,
-    step_advantages,
     step_rewards,
-    trajectory_advantages,
-    trajectory_reward,
-    turn_advantages,
     turn_reward,
     variant_action_rewards,
 )
@@ -73,6 +76,11 @@ ROLLOUTS = [
 
 def approx(x):
     return pytest.approx(x, abs=1e-12)
+
+
+def scored(turns, rollouts, L="reference", **options):
+    """score_group of bare verdict histories, the way `cm2 reward compute` scores them."""
+    return score_group(replay_histories(turns, rollouts, L=L), **options)
 
 
 def test_step_rewards_pay_each_item_once_after_its_dependencies():
@@ -114,7 +122,7 @@ def test_trajectory_reward_divides_by_reference_or_reached_turns():
 
 
 def test_the_two_turn_group_gives_the_hand_worked_rewards_and_advantages():
-    score = score_group([TURN0, TURN1], ROLLOUTS, L="reference", f_norm="none")
+    score = scored([TURN0, TURN1], ROLLOUTS, L="reference", f_norm="none")
     r0, r1, r2 = score.rollouts
     assert r0.R == approx(0.75) and r1.R == approx(0.15)
     assert r0.turn_rewards == approx([1.0, 0.5]) and r1.turn_rewards == approx([0.3])
@@ -131,14 +139,14 @@ def test_the_two_turn_group_gives_the_hand_worked_rewards_and_advantages():
 
 
 def test_l_reached_changes_only_the_trajectory_reward_of_a_rollout_that_ended_early():
-    score = score_group([TURN0, TURN1], ROLLOUTS, L="reached", f_norm="none")
+    score = scored([TURN0, TURN1], ROLLOUTS, L="reached", f_norm="none")
     assert [r.R for r in score.rollouts[:2]] == [approx(0.75), approx(0.3)]
     assert [r.adv_traj for r in score.rollouts[:2]] == [approx(0.225), approx(-0.225)]
-    assert score.rollouts[0].adv_step == score_group([TURN0, TURN1], ROLLOUTS, L="reference").rollouts[0].adv_step
+    assert score.rollouts[0].adv_step == scored([TURN0, TURN1], ROLLOUTS, L="reference").rollouts[0].adv_step
 
 
 def test_std_normalisation_divides_by_the_sample_std_plus_epsilon():
-    score = score_group([TURN0, TURN1], ROLLOUTS, f_norm="std")
+    score = scored([TURN0, TURN1], ROLLOUTS, f_norm="std")
     s = math.sqrt(2 * 0.3**2)  # sample std (ddof 1) of .75 and .15
     assert score.rollouts[0].adv_traj == approx(0.3 / (s + 1e-6))
     # step: b(A) = .5 over G = 2 indicators {1, 0}: s = sqrt(.5); C was earned by all, s = 0 -> advantage 0
@@ -146,22 +154,15 @@ def test_std_normalisation_divides_by_the_sample_std_plus_epsilon():
     assert score.rollouts[0].adv_step[0] == approx([(0.4 * 0.5 / sa) / 0.7, 0.5 / sa, 0.5 / sa])
 
 
-def test_the_level_functions_agree_with_score_group():
-    score = score_group([TURN0, TURN1], ROLLOUTS, f_norm="std")
-    assert trajectory_advantages([0.75, 0.15, None], f_norm="std") == [approx(r.adv_traj) for r in score.rollouts[:2]] + [None]
-    assert turn_advantages([[1.0, 0.5], [0.3], None], f_norm="std") == [approx(score.rollouts[0].adv_turn), approx(score.rollouts[1].adv_turn), None]
-    assert step_advantages([TURN0, TURN1], ROLLOUTS, f_norm="std") == [r.adv_step for r in score.rollouts]
-
-
 def test_failed_rollouts_are_excluded_from_every_statistic():
-    without_failed = score_group([TURN0, TURN1], ROLLOUTS[:2]).to_json()["rollouts"]
-    with_failed = score_group([TURN0, TURN1], [ROLLOUTS[2], *ROLLOUTS[:2], ROLLOUTS[2]]).to_json()["rollouts"]
+    without_failed = scored([TURN0, TURN1], ROLLOUTS[:2]).to_json()["rollouts"]
+    with_failed = scored([TURN0, TURN1], [ROLLOUTS[2], *ROLLOUTS[:2], ROLLOUTS[2]]).to_json()["rollouts"]
     assert with_failed[1:3] == without_failed
-    assert trajectory_advantages([None, 0.2, None]) == [None, 0.0, None]
+    assert [r.adv_traj for r in scored([TURN0], [ROLLOUTS[2], ROLLOUTS[1], ROLLOUTS[2]]).rollouts] == [None, 0.0, None]
 
 
 def test_a_single_live_rollout_gets_zero_advantages():
-    score = score_group([TURN0, TURN1], [ROLLOUTS[0], ROLLOUTS[2]], f_norm="std")
+    score = scored([TURN0, TURN1], [ROLLOUTS[0], ROLLOUTS[2]], f_norm="std")
     assert score.rollouts[0].adv_traj == 0.0
     assert score.rollouts[0].adv_turn == [0.0, 0.0]
     assert score.rollouts[0].adv_step == [[0.0] * 3, [0.0] * 2]
@@ -184,24 +185,59 @@ def test_minimum_group_count_zeroes_small_statistics_and_drops_rarely_eligible_i
         Rollout([TurnHistory(1, {"X": 1})]),
         Rollout([TurnHistory(2, {})]),
     ]
-    assert score_group([items], rollouts).rollouts[0].adv_step == [approx([1 / 3, 2 / 3])]
-    kept = score_group([items], rollouts, min_group_count=3)
+    assert scored([items], rollouts).rollouts[0].adv_step == [approx([1 / 3, 2 / 3])]
+    kept = scored([items], rollouts, min_group_count=3)
     assert kept.rollouts[0].adv_step == [approx([1 / 3, 0.0])]
     assert kept.rollouts[0].adv_traj == approx(1.0 - 0.5)  # R = 1, .5, 0
-    dropped = score_group([items], rollouts, min_group_count=4)
+    dropped = scored([items], rollouts, min_group_count=4)
     assert [r.adv_traj for r in dropped.rollouts] == [0.0] * 3
     assert all(a == 0.0 for r in dropped.rollouts for turn in r.adv_step for a in turn)
-    assert turn_advantages([[1.0], [0.5], [0.0]], min_group_count=4) == [[0.0], [0.0], [0.0]]
+    assert [r.adv_turn for r in dropped.rollouts] == [[0.0]] * 3
 
 
-def test_every_payout_mode_sums_to_the_trajectory_reward():
+def test_the_payout_oracle_sums_every_mode_to_the_trajectory_reward():
     per_turn = [[0.3, 0.4, 0.3], [0.0, 0.5]]
     assert payouts(per_turn, 2, "step") == [approx([0.15, 0.2, 0.15]), approx([0.0, 0.25])]
     assert payouts(per_turn, 2, "turn") == [approx([0.0, 0.0, 0.5]), approx([0.0, 0.25])]
     assert payouts(per_turn, 2, "trajectory") == [approx([0.0, 0.0, 0.0]), approx([0.0, 0.75])]
     assert payouts([[0.3], []], 2, "trajectory") == [approx([0.15]), []]
-    with pytest.raises(ValueError, match="mode must be one of"):
-        payouts(per_turn, 2, "episode")
+
+
+def _pay(assignment, per_turn, divisor):
+    """What ``assignment`` pays after each action of an episode with these action rewards (as the env asks)."""
+    paid, out, last_turn = 0.0, [], max(t for t, turn in enumerate(per_turn) if turn)
+    for t, turn in enumerate(per_turn):
+        out.append([])
+        for a, reward in enumerate(turn):
+            end = t == last_turn and a == len(turn) - 1
+            amount = assignment.payment(reward, sum(turn[: a + 1]), turn_ended=a == len(turn) - 1, episode_ended=end,
+                                        divisor=divisor, R=sum(map(sum, per_turn)) / divisor, paid=paid)
+            paid += amount
+            out[-1].append(amount)
+    return out
+
+
+@pytest.mark.parametrize("mode", ASSIGNMENT_MODES)
+def test_reward_assignments_pay_what_the_literal_payout_schedule_says(mode):
+    per_turn = [[0.3, 0.4, 0.3], [0.0, 0.5]]
+    assert _pay(reward_assignment(mode), per_turn, 2) == [approx(row) for row in payouts(per_turn, 2, mode)]
+    assert reward_assignment(mode).name == mode
+
+
+def test_a_custom_reward_assignment_is_composed_in_and_still_pays_r_in_total():
+    class Halves(RewardAssignment):
+        """Pays half of each action's share now; the env settles the rest at the end."""
+
+        name = "halves"
+
+        def interim(self, action_reward, turn_reward, turn_ended, divisor):
+            return action_reward / divisor / 2
+
+    paid = _pay(Halves(), [[0.3, 0.4, 0.3], [0.0, 0.5]], 2)
+    assert paid[0] == approx([0.075, 0.1, 0.075]) and sum(map(sum, paid)) == approx(0.75)
+    assert reward_assignment(Halves()).name == "halves"
+    with pytest.raises(ValueError, match="reward_assignment must be one of"):
+        reward_assignment("episode")
 
 
 def test_turn_reward_state_replays_the_hand_worked_turn():
@@ -238,15 +274,32 @@ def test_checklist_item_objects_work_like_dicts():
 
 def test_malformed_inputs_raise_value_errors_that_say_what_is_wrong():
     with pytest.raises(ValueError, match="duplicate item ids"):
-        score_group([[("A", 0.5), ("A", 0.5)]], [])
+        scored([[("A", 0.5), ("A", 0.5)]], [])
     with pytest.raises(ValueError, match="not items of the same turn"):
         step_rewards([("A", 1.0, ["Q"])], {}, 1)
     with pytest.raises(ValueError, match="rollout 0, turn 0: first_satisfied names ids"):
-        score_group([TURN0], [{"turns": [{"steps": 1, "first_satisfied": {"Q": 1}}]}])
+        scored([TURN0], [{"turns": [{"steps": 1, "first_satisfied": {"Q": 1}}]}])
     with pytest.raises(ValueError, match=r"rollout 1, turn 0: steps must be >= 0 .* 0..steps \(1\)"):
-        score_group([TURN0], [ROLLOUTS[1], {"turns": [{"steps": 1, "first_satisfied": {"A": 2}}]}])
+        scored([TURN0], [ROLLOUTS[1], {"turns": [{"steps": 1, "first_satisfied": {"A": 2}}]}])
     with pytest.raises(ValueError, match="reached 2 turns but the reference has 1"):
-        score_group([TURN0], [ROLLOUTS[0]])
+        scored([TURN0], [ROLLOUTS[0]])
+
+
+def test_score_group_rejects_records_it_cannot_trust_and_names_the_rollout():
+    good = replay_histories([TURN0, TURN1], ROLLOUTS[:2])
+    with pytest.raises(ValueError, match="rollout 1: the reward record has no 'action_rewards'"):
+        score_group([good[0], {"failed": False, "turns": [], "R": 0.0, "reference_turns": 2}])
+    reweighted = [{**item, "weight": w} for item, w in zip(TURN0, (0.5, 0.3, 0.2))]
+    other = replay_histories([reweighted, TURN1], ROLLOUTS[1:2])
+    with pytest.raises(ValueError, match="rollout 1, turn 0: checklist variant 0 differs"):
+        score_group([good[0], other[0]])
+    with pytest.raises(ValueError, match="share the reference dialogue; their records count"):
+        score_group([good[0], replay_histories([TURN0], ROLLOUTS[1:2])[0]])
+    forged = {**good[1], "turns": [{"steps": 2, "checklists": [{**good[1]["turns"][0]["checklists"][0],
+                                                                  "paid": {"C": 1}}]}]}
+    with pytest.raises(ValueError, match="rollout 1, turn 0: .*paid at the action where it was first satisfied"):
+        score_group([good[0], forged])
+    assert score_group([{"failed": True}, good[0]]).rollouts[0].failed  # a failed record needs nothing else
 
 
 VARIANT_ITEMS = [{"id": "P", "weight": 0.5}, {"id": "Q", "weight": 0.5}]

@@ -1,8 +1,10 @@
 """Properties of the checklist reward engine over random groups (hypothesis).
 
-A brute-force reference, written straight from the issue's definitions on top of the literal per-turn
-functions (``step_rewards``, ``eligible_sets``, ``backfilled_rewards``) and the ``statistics`` module, checks the
-vectorised :func:`score_group`; the other properties are the ones the paper's equations promise.
+A brute-force reference, written straight from the paper's definitions on top of the literal per-turn oracles
+(``tests/support/reward_oracle.py``: ``step_rewards``, ``eligible_sets``, ``backfilled_rewards``) and the
+``statistics`` module, checks the production path -- verdict histories replayed through the environment's
+:class:`TurnRewardState` into reward records, scored by the vectorised :func:`score_group`; the other properties
+are the ones the paper's equations promise.
 """
 
 import math
@@ -12,14 +14,19 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from cm2_env.reward import (
+    ASSIGNMENT_MODES,
     TurnRewardState,
     VariantTurnRewardState,
+    normaliser,
+    replay_histories,
+    reward_assignment,
+    score_group,
+)
+from tests.support.reward_oracle import (
     action_rewards,
     backfilled_rewards,
     eligible_sets,
-    normaliser,
     payouts,
-    score_group,
     step_rewards,
     variant_action_rewards,
 )
@@ -119,6 +126,10 @@ def reference(turns, rollouts, L, f_norm, min_count=0):
     return out
 
 
+def scored(turns, rollouts, L="reference", **options):
+    return score_group(replay_histories(turns, rollouts, L=L), **options)
+
+
 def close(a, b, tol=1e-9):
     if isinstance(a, list):
         return len(a) == len(b) and all(close(x, y, tol) for x, y in zip(a, b))
@@ -132,7 +143,7 @@ def close(a, b, tol=1e-9):
 def test_score_group_matches_the_literal_definitions(group, L, f_norm, min_count):
     turns, rollouts = group
     expected = reference(turns, rollouts, L, f_norm, min_count)
-    for i, got in enumerate(score_group(turns, rollouts, L=L, f_norm=f_norm, min_group_count=min_count).rollouts):
+    for i, got in enumerate(scored(turns, rollouts, L, f_norm=f_norm, min_group_count=min_count).rollouts):
         if rollouts[i]["failed"]:
             assert got.R is None and got.adv_step is None
             continue
@@ -145,7 +156,7 @@ def test_score_group_matches_the_literal_definitions(group, L, f_norm, min_count
 @FAST
 @given(groups(), st.sampled_from(["reference", "reached"]))
 def test_trajectory_reward_lies_in_the_unit_interval(group, L):
-    for r in score_group(*group, L=L).rollouts:
+    for r in scored(*group, L=L).rollouts:
         assert r.R is None or -1e-12 <= r.R <= 1 + 1e-12
 
 
@@ -175,30 +186,42 @@ def test_an_item_whose_dependencies_are_never_satisfied_never_pays(case, data):
     first = dict(h["first_satisfied"], **{item["dependence"][0]: None})
     k = items.index(item)
     assert all(row[k] == 0 for row in step_rewards(items, first, h["steps"]))
-    score = score_group([items], [{"turns": [{"steps": h["steps"], "first_satisfied": first}]}])
+    score = scored([items], [{"turns": [{"steps": h["steps"], "first_satisfied": first}]}])
     assert close(score.rollouts[0].action_rewards[0], action_rewards(items, first, h["steps"]), 1e-12)
     assert score.rollouts[0].turn_rewards[0] <= 1 - item["weight"] + 1e-12
 
 
 @FAST
 @given(groups(), st.sampled_from(["reference", "reached"]))
-def test_every_payout_mode_sums_to_the_trajectory_reward(group, L):
+def test_every_reward_assignment_pays_the_literal_schedule_and_sums_to_r(group, L):
     turns, rollouts = group
-    for raw, r in zip(rollouts, score_group(turns, rollouts, L=L).rollouts):
-        if r.failed:
+    for raw, r in zip(rollouts, scored(turns, rollouts, L=L).rollouts):
+        if r.failed or not any(r.action_rewards):
             continue
         divisor = normaliser(L, len(turns), len(raw["turns"]))
-        for mode in ("step", "turn", "trajectory"):
-            paid = payouts(r.action_rewards, divisor, mode)
-            assert [len(t) for t in paid] == [len(t) for t in r.action_rewards]
-            assert math.isclose(sum(map(sum, paid)), r.R, abs_tol=1e-12)
+        last = max(t for t, turn in enumerate(r.action_rewards) if turn)
+        for mode in ASSIGNMENT_MODES:
+            assignment, paid, got = reward_assignment(mode), 0.0, []
+            for t, turn in enumerate(r.action_rewards):
+                got.append([])
+                for a, reward in enumerate(turn):
+                    # like the env, earlier payments use L over the turns reached so far
+                    so_far = normaliser(L, len(turns), t + 1)
+                    amount = assignment.payment(reward, sum(turn[: a + 1]), turn_ended=a == len(turn) - 1,
+                                                episode_ended=(t, a) == (last, len(turn) - 1), divisor=so_far,
+                                                R=r.R, paid=paid)
+                    paid += amount
+                    got[-1].append(amount)
+            assert math.isclose(paid, r.R, abs_tol=1e-12)
+            if L == "reference":  # with "reached", L is only known at the end, so the schedule differs
+                assert close(got, payouts(r.action_rewards, divisor, mode), 1e-12)
 
 
 @FAST
 @given(groups(min_live=2), st.sampled_from(["std", "none"]))
 def test_group_advantages_have_mean_zero_and_unit_sample_std(group, f_norm):
     turns, rollouts = group
-    score = score_group(turns, rollouts, f_norm=f_norm)
+    score = scored(turns, rollouts, f_norm=f_norm)
     live = [r for r in score.rollouts if not r.failed]
     samples = [[r.adv_traj for r in live], [r.R for r in live]]
     for t in range(len(turns)):
@@ -222,8 +245,8 @@ def test_permuting_the_group_permutes_the_results(group, f_norm, rng):
     turns, rollouts = group
     order = list(range(len(rollouts)))
     rng.shuffle(order)
-    before = score_group(turns, rollouts, f_norm=f_norm).to_json()["rollouts"]
-    after = score_group(turns, [rollouts[i] for i in order], f_norm=f_norm).to_json()["rollouts"]
+    before = scored(turns, rollouts, f_norm=f_norm).to_json()["rollouts"]
+    after = scored(turns, [rollouts[i] for i in order], f_norm=f_norm).to_json()["rollouts"]
     for new, old in enumerate(order):
         for key in before[old]:
             assert close(after[new][key], before[old][key], 1e-9 if f_norm == "none" else 1e-6)
@@ -235,8 +258,8 @@ def test_a_failed_rollout_changes_no_other_rollouts_results(group, position, f_n
     turns, rollouts = group
     position = min(position, len(rollouts))
     ghost = {"failed": True, "turns": [data.draw(history(turns[0]))] * data.draw(st.integers(0, 5))}
-    before = score_group(turns, rollouts, f_norm=f_norm).to_json()["rollouts"]
-    after = score_group(turns, rollouts[:position] + [ghost] + rollouts[position:], f_norm=f_norm).to_json()["rollouts"]
+    before = scored(turns, rollouts, f_norm=f_norm).to_json()["rollouts"]
+    after = scored(turns, rollouts[:position] + [ghost] + rollouts[position:], f_norm=f_norm).to_json()["rollouts"]
     assert after[position]["failed"] and after[position]["adv_traj"] is None
     assert after[:position] + after[position + 1:] == before
 
@@ -245,12 +268,14 @@ def test_a_failed_rollout_changes_no_other_rollouts_results(group, position, f_n
 @given(turn_items().flatmap(lambda items: st.tuples(st.just(items), history(items))))
 def test_the_incremental_state_agrees_with_the_whole_history(case):
     items, h = case
-    first = {c: (None if a == 0 else a) for c, a in h["first_satisfied"].items()}  # the env starts from x_0 = {}
-    state = TurnRewardState(items)
+    first = h["first_satisfied"]
+    state = TurnRewardState(items, already_satisfied=[c for c, f in first.items() if f == 0])
     for a in range(1, h["steps"] + 1):
         state.step([c for c, f in first.items() if f is not None and f <= a])
     assert state.first_satisfied == first
     assert close(state.action_rewards, action_rewards(items, first, h["steps"]), 1e-12)
+    rows = step_rewards(items, first, h["steps"])
+    assert state.paid == {item["id"]: a for a, row in enumerate(rows, start=1) for item, r in zip(items, row) if r}
 
 
 @FAST
@@ -263,3 +288,52 @@ def test_online_variants_agree_with_offline_variants(items, n_variants, steps, h
     online = [state.step([[c for c, f in first.items() if f is not None and f <= a] for first in firsts]) for a in range(1, steps + 1)]
     assert close(online, offline, 1e-12)
     assert sum(offline) <= 1 + 1e-12
+
+
+def variant_record(variant_turns, histories, how, n_reference_turns):
+    """The reward record the environment writes for one rollout judged against several checklist variants:
+    ``histories[t][k]`` is the verdict history of variant k in reached turn t (all variants share M)."""
+    turns, action_rewards_ = [], []
+    for t, per_variant in enumerate(histories):
+        steps = per_variant[0]["steps"]
+        state = VariantTurnRewardState(variant_turns[t], how=how)
+        for a in range(1, steps + 1):
+            state.step([[c for c, f in h["first_satisfied"].items() if f is not None and 0 < f <= a]
+                        for h in per_variant])
+        turns.append({"steps": steps, "checklists": [s.history() for s in state.states]})
+        action_rewards_.append(state.action_rewards)
+    turn_rewards = [sum(r) for r in action_rewards_]
+    return {"failed": False, "turns": turns, "R": sum(turn_rewards) / n_reference_turns, "turn_rewards": turn_rewards,
+            "action_rewards": action_rewards_, "reference_turns": n_reference_turns, "L": "reference"}
+
+
+@FAST
+@given(st.integers(2, 3), st.integers(2, 5), st.sampled_from(["std", "none"]), st.data())
+def test_with_checklist_variants_each_variant_has_its_own_baseline_and_step_advantages_are_averaged(
+        n_variants, size, f_norm, data):
+    n_turns = data.draw(st.integers(1, 2))
+    variant_turns = [[data.draw(turn_items()) for _ in range(n_variants)] for _ in range(n_turns)]
+    histories = []  # per rollout, per reached turn, per variant
+    for _ in range(size):
+        reached = []
+        for t in range(data.draw(st.integers(1, n_turns))):
+            steps = data.draw(st.integers(1, 4))
+            reached.append([{"steps": steps, "first_satisfied": {
+                item["id"]: data.draw(st.none() | st.integers(1, steps)) for item in items}} for items in variant_turns[t]])
+        histories.append(reached)
+    records = [variant_record(variant_turns, h, "mean", n_turns) for h in histories]
+    got = score_group(records, f_norm=f_norm).rollouts
+    per_variant = [
+        scored([variant_turns[t][k] for t in range(n_turns)],
+               [{"turns": [turn[k] for turn in h]} for h in histories], f_norm=f_norm).rollouts
+        for k in range(n_variants)
+    ]
+    tol = 1e-9 if f_norm == "none" else 1e-6
+    for i, rollout in enumerate(got):
+        mean_step = [[statistics.fmean(per_variant[k][i].adv_step[t][a] for k in range(n_variants))
+                      for a in range(len(rollout.adv_step[t]))] for t in range(len(rollout.adv_step))]
+        assert close(rollout.adv_step, mean_step, tol)
+        assert close(rollout.R, statistics.fmean(per_variant[k][i].R for k in range(n_variants)), 1e-12)
+    R = [r.R for r in got]  # trajectory advantages come from the aggregated R
+    scale = (statistics.stdev(R) + EPS) if f_norm == "std" else 1.0
+    assert close([r.adv_traj for r in got], [(x - statistics.fmean(R)) / scale for x in R], tol)

@@ -6,8 +6,9 @@ config -> rollout -> advantages -> loss -> update -> log, repeated ``config.step
 2. **rollout**: for ``prompts_per_step`` dialogues, ``group_size`` episodes each run concurrently in
    CM2ToolUse-v0 (simulator + judge) with :class:`agents.TransformersAgent`, which batches generation across the
    episodes and records every action's prompt ids, completion ids and sampling logprobs.
-3. **advantages**: :func:`cm2_env.reward.score_group` turns each group's verdict histories into trajectory
-   (Eq. 5), turn (Eq. 7) or step (Eq. 10) advantages; :func:`cm2_env.reward.advantages_per_action` lays them on
+3. **advantages**: :func:`cm2_env.reward.score_group` turns each group's reward records (what the environment
+   computed and paid, checklists and verdicts included) into trajectory (Eq. 5), turn (Eq. 7) or step (Eq. 10)
+   advantages; :func:`cm2_env.reward.advantages_per_action` lays them on
    the episode's actions. Failed episodes (simulator/judge errors) are excluded from the group and from the
    loss, and counted.
 4. **loss**: every action's sampled ids become training tokens as they are (:mod:`train.sequences`, no
@@ -107,32 +108,30 @@ def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], confi
 # ---------------------------------------------------------------------------------------------------------
 
 
-def action_advantages(episodes: Sequence[Any], dialogues: Sequence[Any], config: TrainConfig) -> list[list[float] | None]:
+def action_advantages(episodes: Sequence[Any], config: TrainConfig) -> list[list[float] | None]:
     """Per episode, one advantage per action at ``config.advantage_level`` (None for a failed episode).
 
-    Episodes are grouped by dialogue id; each group is scored with :func:`cm2_env.reward.score_group`.
+    Episodes are grouped by dialogue id; each group's reward records -- what the environment computed and paid
+    -- are scored with :func:`cm2_env.reward.score_group`.
     """
     from cm2_env.reward import advantages_per_action, score_group
 
-    by_id = {d.id: d for d in dialogues}
     groups: dict[str, list[int]] = {}
     for i, episode in enumerate(episodes):
         groups.setdefault(episode.dialogue_id, []).append(i)
     out: list[list[float] | None] = [None] * len(episodes)
-    for dialogue_id, members in groups.items():
-        records = [episodes[i].reward_record or {"failed": True, "turns": []} for i in members]
-        records = [dict(r, failed=bool(r.get("failed")) or episodes[i].failed) for i, r in zip(members, records)]
-        scores = score_group(by_id[dialogue_id].checklist(), records, L=config.normaliser, f_norm=config.f_norm)
-        for i, record, score in zip(members, records, scores.rollouts):
+    for members in groups.values():
+        records = []
+        for i in members:
+            record = episodes[i].reward_record or {}
+            records.append({**record, "failed": episodes[i].failed or not record or bool(record.get("failed"))})
+        scores = score_group(records, f_norm=config.f_norm)
+        for record, score, i in zip(records, scores.rollouts, members):
             if score.failed:
                 continue
             level = {"trajectory": score.adv_traj, "turn": score.adv_turn, "step": score.adv_step}[config.advantage_level]
-            counts = [int(turn["steps"]) for turn in record["turns"]]
-            per_action = advantages_per_action(counts, level, config.advantage_level)
-            if per_action is not None and len(per_action) != len(episodes[i].steps):
-                raise ValueError(f"episode {dialogue_id}#{episodes[i].group_index}: the reward record counts "
-                                 f"{len(per_action)} actions but the agent took {len(episodes[i].steps)}")
-            out[i] = per_action
+            out[i] = advantages_per_action([int(turn["steps"]) for turn in record["turns"]], level,
+                                           config.advantage_level)
     return out
 
 
@@ -375,7 +374,7 @@ def train(config: TrainConfig, *, dialogues: Sequence[Any] | None = None, max_st
                                     temperature=config.temperature)
         t_rollout = time.perf_counter() - t0
         # --- advantages -> token sequences
-        advantages = action_advantages(episodes, batch, config)
+        advantages = action_advantages(episodes, config)
         sequences = training_sequences(episodes, advantages, config.skip_zero_advantage,
                                        eos_token_id(tokenizer) if config.mask_truncated_completions else None)
         # --- loss inputs and update

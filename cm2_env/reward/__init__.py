@@ -1,36 +1,35 @@
-"""Checklist reward math of CM2 (paper Eq. 1-10): pure functions over verdict histories, no LLM, env or torch.
+"""Checklist reward math of CM2 (paper Eq. 1-10): pure code over verdict histories, no LLM, env or torch.
 
 A turn's verdict history is ``first_satisfied``: item id -> the 1-based action after which the item was first
-judged satisfied (None = never); satisfaction is sticky. From it:
+judged satisfied (None = never); satisfaction is sticky. One implementation of each equation:
 
-- :mod:`~cm2_env.reward.turn`: step rewards r[a][c] (Eq. 2), eligible sets E_a, backfill r~ (Eq. 3), action
-  rewards, turn reward R_t (Eq. 6), trajectory reward R (Eq. 4), payouts per assignment mode;
-- :mod:`~cm2_env.reward.incremental`: the same rewards one action at a time, for the environment;
+- :mod:`~cm2_env.reward.incremental`: Eq. 2 one action at a time (:class:`TurnRewardState`), the trajectory
+  reward R (Eq. 4) and :class:`RewardAssignment`, when the environment pays ("step", "turn", "trajectory");
 - :mod:`~cm2_env.reward.variants`: several checklist variants of a turn (mean, or majority per item);
-- :mod:`~cm2_env.reward.group`: a whole group at once -- rewards and trajectory (Eq. 5), turn (Eq. 7) and step
+- :mod:`~cm2_env.reward.record`: the reward record an episode ends with, and :func:`replay_histories`, which
+  builds records from bare verdict histories through the same Eq. 2;
+- :mod:`~cm2_env.reward.group`: a group of records at once -- trajectory (Eq. 5), turn (Eq. 7) and step
   (Eq. 8-10) advantages, failed rollouts excluded;
 - :mod:`~cm2_env.reward.segments`: advantages laid onto an episode's actions, for the trainer.
 
-docs/reward.md maps the paper's symbols to these arguments.
+docs/reward.md maps the paper's symbols to these names.
 """
 
-from cm2_env.reward.group import (
-    GroupScore,
-    RolloutScore,
-    group_normalise,
-    score_group,
-    step_advantages,
-    trajectory_advantages,
-    turn_advantages,
+from cm2_env.reward.group import GroupScore, RolloutScore, score_group
+from cm2_env.reward.incremental import (
+    ASSIGNMENTS,
+    RewardAssignment,
+    StepAssignment,
+    TurnAssignment,
+    TurnRewardState,
+    reward_assignment,
+    trajectory_reward,
 )
-from cm2_env.reward.incremental import TurnRewardState, action_reward
 from cm2_env.reward.items import (
-    ASSIGNMENT_MODES,
     F_NORMS,
     L_MODES,
     STD_EPSILON,
     VARIANT_AGGREGATIONS,
-    AssignmentMode,
     FNorm,
     Item,
     LMode,
@@ -41,23 +40,18 @@ from cm2_env.reward.items import (
     as_items,
     normaliser,
 )
+from cm2_env.reward.record import ChecklistHistory, ItemRecord, RewardRecord, TurnRecord, replay_histories
 from cm2_env.reward.segments import ADVANTAGE_LEVELS, AdvantageLevel, advantages_per_action
-from cm2_env.reward.turn import (
-    action_rewards,
-    backfilled_rewards,
-    eligible_sets,
-    payouts,
-    step_rewards,
-    trajectory_reward,
-    turn_reward,
-)
-from cm2_env.reward.variants import VariantTurnRewardState, variant_action_rewards
+from cm2_env.reward.variants import VariantTurnRewardState
+
+#: The names of the built-in reward assignments.
+ASSIGNMENT_MODES: tuple[str, ...] = tuple(ASSIGNMENTS)
 
 __all__ = [
-    "ADVANTAGE_LEVELS", "ASSIGNMENT_MODES", "F_NORMS", "L_MODES", "STD_EPSILON", "VARIANT_AGGREGATIONS",
-    "AdvantageLevel", "AssignmentMode", "FNorm", "GroupScore", "Item", "LMode", "Rollout", "RolloutScore",
-    "TurnHistory", "TurnRewardState", "VariantAggregation", "VariantTurnRewardState",
-    "action_reward", "action_rewards", "advantages_per_action", "as_item", "as_items", "backfilled_rewards",
-    "eligible_sets", "group_normalise", "normaliser", "payouts", "score_group", "step_advantages", "step_rewards",
-    "trajectory_advantages", "trajectory_reward", "turn_advantages", "turn_reward", "variant_action_rewards",
+    "ADVANTAGE_LEVELS", "ASSIGNMENTS", "ASSIGNMENT_MODES", "F_NORMS", "L_MODES", "STD_EPSILON", "VARIANT_AGGREGATIONS",
+    "AdvantageLevel", "ChecklistHistory", "FNorm", "GroupScore", "Item", "ItemRecord", "LMode", "RewardAssignment",
+    "RewardRecord", "Rollout", "RolloutScore", "StepAssignment", "TurnAssignment", "TurnHistory", "TurnRecord",
+    "TurnRewardState", "VariantAggregation", "VariantTurnRewardState",
+    "advantages_per_action", "as_item", "as_items", "normaliser", "replay_histories", "reward_assignment",
+    "score_group", "trajectory_reward",
 ]

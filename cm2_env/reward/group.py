@@ -1,8 +1,10 @@
-"""Rewards and group advantages for the G rollouts of one prompt (paper Eq. 2-10), vectorised with numpy.
+"""Group advantages for the G rollouts of one prompt (paper Eq. 5, 7, 8-10), vectorised with numpy.
 
-Contract of :func:`score_group`: given the reference turns' checklist items and the verdict histories of the
-rollouts of one group, return per rollout its action rewards (Eq. 2), turn rewards R_t (Eq. 6), trajectory
-reward R (Eq. 4) and its advantages at the trajectory (Eq. 5), turn (Eq. 7) and step (Eq. 8-10) level.
+Contract of :func:`score_group`: given the reward records of one group's rollouts (:mod:`cm2_env.reward.record`,
+written by the environment at the end of each episode), return per rollout what it earned -- action rewards
+(Eq. 2), turn rewards R_t (Eq. 6), trajectory reward R (Eq. 4), all as recorded -- and its advantages at the
+trajectory (Eq. 5), turn (Eq. 7) and step (Eq. 8-10) level. Rewards are never recomputed here: the
+environment's :class:`~cm2_env.reward.incremental.TurnRewardState` is the one implementation of Eq. 2.
 
 Group statistics ("live" = not failed):
 
@@ -17,33 +19,23 @@ Group statistics ("live" = not failed):
   sample std of those G indicators + 1e-6 ("std"); step advantage of action a =
   sum_{c in E_a} w_c A[a][c] / sum_{c in E_a} w_c, or 0 when that weight is 0 (E_a empty). With
   ``min_group_count`` set, an item eligible in fewer live rollouts than that is left out of E_a (the released
-  code dropped such items).
+  code dropped such items). With several checklist variants in use, each variant's items get their own
+  baselines and an action's step advantage is the mean over the variants.
 
-Closed form used for speed (equivalent to the literal definitions in :mod:`cm2_env.reward.turn`): with
-f = first_satisfied[c] and g = max over dependencies of first_satisfied (0 without dependencies), item c pays
-iff f is not None and g < f, at action f; c is in E_a iff g + 1 <= a <= min(f, M); and on those actions
-r~[a][c] equals "c pays", so an item's advantage is the same at every action where it is eligible.
+Closed form used for speed (the tests check it against the literal definitions): with f = first_satisfied[c]
+and g = max over dependencies of first_satisfied (0 without dependencies), c is in E_a iff
+g + 1 <= a <= min(f, M), and on those actions r~[a][c] equals "c was paid" (Eq. 3), so an item's advantage is
+the same at every action where it is eligible.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Iterable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
-from cm2_env.reward.items import (
-    F_NORMS,
-    L_MODES,
-    STD_EPSILON,
-    FNorm,
-    LMode,
-    as_items,
-    as_turn_history,
-    check_choice,
-    first_satisfied_list,
-    rollout_fields,
-)
+from cm2_env.reward.items import F_NORMS, STD_EPSILON, FNorm, as_items, check_choice
 
 #: Stands for "never satisfied": larger than any action number, small enough that +1 cannot overflow.
 _NEVER = np.iinfo(np.int64).max // 4
@@ -83,7 +75,7 @@ class GroupScore:
         return {"rollouts": [r.to_json() for r in self.rollouts]}
 
 
-def group_normalise(
+def _group_normalise(
     values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: FNorm, min_group_count: int = 0
 ) -> np.ndarray:
     """(x - mean_g) / F_g for values labelled with group ids 0..n_groups-1 (the core of Eq. 5 and 7).
@@ -101,138 +93,207 @@ def group_normalise(
     return np.where(enough[groups], advantage, 0.0)
 
 
-def trajectory_advantages(
-    rewards: Sequence[float | None], f_norm: FNorm = "none", min_group_count: int = 0
-) -> list[float | None]:
-    """A_i (Eq. 5) = (R_i - mean R) / F_norm over the live rollouts; ``None`` marks (and stays) a failed one."""
-    check_choice("f_norm", f_norm, F_NORMS)
-    live = [i for i, r in enumerate(rewards) if r is not None]
-    values = np.array([rewards[i] for i in live], dtype=float)
-    advantages = group_normalise(values, np.zeros(len(live), dtype=np.int64), 1, f_norm, min_group_count).tolist()
-    out: list[float | None] = [None] * len(rewards)
-    for i, a in zip(live, advantages):
-        out[i] = a
-    return out
+def score_group(records: Sequence[Any], *, f_norm: FNorm = "none", min_group_count: int = 0) -> GroupScore:
+    """Rewards (as recorded) and trajectory/turn/step advantages (Eq. 5, 7, 8-10) of one group.
 
-
-def turn_advantages(
-    turn_rewards: Sequence[Sequence[float] | None], f_norm: FNorm = "none", min_group_count: int = 0
-) -> list[list[float] | None]:
-    """A_{i,t} (Eq. 7) = (R_{i,t} - mean R_t) / F_norm over the live rollouts that reached turn t.
-
-    ``turn_rewards[i]`` lists R_t for the turns rollout i reached, or is None for a failed rollout.
+    ``records``: one reward record per rollout (:class:`cm2_env.reward.record.RewardRecord`: the environment's
+    ``info["reward_record"]``, or :func:`cm2_env.reward.record.replay_histories` of bare verdict histories);
+    a record with ``failed`` true needs nothing else. ``f_norm``: "std" | "none". Raises ValueError naming the
+    rollout and turn when a record is incomplete or inconsistent (the live rollouts of a group must share the
+    reference: the same number of turns and the same checklists).
     """
     check_choice("f_norm", f_norm, F_NORMS)
-    flat = [(t, r) for rewards in turn_rewards if rewards is not None for t, r in enumerate(rewards)]
-    turns = np.array([t for t, _ in flat], dtype=np.int64)
-    values = np.array([r for _, r in flat], dtype=float)
-    n_turns = int(turns.max()) + 1 if len(turns) else 0
-    advantages = iter(group_normalise(values, turns, n_turns, f_norm, min_group_count).tolist())
-    return [None if rewards is None else [next(advantages) for _ in rewards] for rewards in turn_rewards]
+    group = _Group(records)
+    live = group.live
+    R = np.array([float(records[i]["R"]) for i in live], dtype=float)
+    adv_traj = _group_normalise(R, np.zeros(len(live), dtype=np.int64), 1, f_norm, min_group_count)
+    adv_turn = _group_normalise(group.turn_rewards, group.pair_turn, group.n_turns, f_norm, min_group_count)
+    adv_step = group.step_advantages(len(live), f_norm, min_group_count)
+    return _assemble(records, group, R, adv_traj, adv_turn, adv_step)
 
 
-def step_advantages(
-    turn_items: Sequence[Iterable[Any]], rollouts: Sequence[Any], f_norm: FNorm = "none", min_group_count: int = 0
-) -> list[list[list[float]] | None]:
-    """Step-level advantages (Eq. 8-10) per rollout, per reached turn, per action; None for failed rollouts."""
-    return [r.adv_step for r in score_group(turn_items, rollouts, f_norm=f_norm, min_group_count=min_group_count).rollouts]
+def _field(record: Any, key: str, i: int) -> Any:
+    try:
+        return record[key]
+    except (KeyError, TypeError):
+        raise ValueError(f"rollout {i}: the reward record has no {key!r}; score the environment's "
+                         "info['reward_record'], or build records with cm2_env.reward.replay_histories") from None
 
 
-def score_group(
-    turn_items: Sequence[Iterable[Any]],
-    rollouts: Sequence[Any],
-    *,
-    L: LMode = "reference",
-    f_norm: FNorm = "none",
-    min_group_count: int = 0,
-) -> GroupScore:
-    """Rewards (Eq. 2, 4, 6) and trajectory/turn/step advantages (Eq. 5, 7, 8-10) of one group.
+class _Group:
+    """The live rollouts' (rollout, reached turn) pairs and their (pair, checklist variant) rows, as arrays.
 
-    ``turn_items[t]``: the items of reference turn t (see :mod:`cm2_env.reward.items` for accepted forms).
-    ``rollouts``: dicts ``{"failed", "turns": [{"steps", "first_satisfied"}]}`` or :class:`~cm2_env.reward.items.Rollout`.
-    ``L``: "reference" | "reached" (Eq. 4). ``f_norm``: "std" | "none". Raises ValueError on inconsistent input
-    (more turns than the reference, unknown item ids, first_satisfied outside 0..steps).
+    A *slot* is one checklist variant of one reference turn; every row belongs to a slot, and the step
+    baselines are per slot. Padded to the widest checklist: W item slots per row.
     """
-    check_choice("L", L, L_MODES)
-    check_choice("f_norm", f_norm, F_NORMS)
-    turns = [as_items(items) for items in turn_items]
-    n_turns = len(turns)
-    weights, depends, real = _checklist_arrays(turns)
-    failed, pair_rollout, pair_turn, steps, rows = _verdict_rows(turns, rollouts, weights.shape[1])
-    live = [i for i, f in enumerate(failed) if not f]
-    pairs = _Pairs(weights, depends, real, rows, pair_rollout, pair_turn, steps)
-    action_rewards, turn_rewards = pairs.action_rewards(), pairs.turn_rewards()
-    reached = np.bincount(pairs.rollout, minlength=len(rollouts))
-    divisor = np.full(len(rollouts), n_turns) if L == "reference" else reached
-    totals = np.bincount(pairs.rollout, turn_rewards, minlength=len(rollouts))
-    R = np.divide(totals, divisor, out=np.zeros(len(rollouts)), where=divisor > 0)[live]
 
-    adv_traj = group_normalise(R, np.zeros(len(live), dtype=np.int64), 1, f_norm, min_group_count)
-    adv_turn = group_normalise(turn_rewards, pairs.turn, n_turns, f_norm, min_group_count)
-    adv_step = pairs.step_advantages(len(live), n_turns, f_norm, min_group_count)
-    return _assemble(failed, live, pairs, R, adv_traj, turn_rewards, adv_turn, action_rewards, adv_step)
+    def __init__(self, records: Sequence[Any]):
+        for i, record in enumerate(records):
+            if not isinstance(record, dict):
+                raise ValueError(f"rollout {i}: a reward record is a dict, got {type(record).__name__}")
+        self.failed = [bool(record.get("failed")) for record in records]
+        self.live = [i for i, f in enumerate(self.failed) if not f]
+        references = {int(_field(records[i], "reference_turns", i)) for i in self.live}
+        if len(references) > 1:
+            raise ValueError(f"the rollouts of one group must share the reference dialogue; their records count "
+                             f"{sorted(references)} reference turns")
+        self.n_turns = references.pop() if references else 0
+        slot_index: dict[tuple[int, int], int] = {}
+        slot_items: list[tuple[Any, ...]] = []
+        slot_raw: list[Any] = []  # each slot's items as first recorded: equal lists skip the normalisation
+        slot_ids: list[list[str]] = []
+        slot_id_sets: list[frozenset[str]] = []
+        pair_rollout, pair_turn, pair_steps, turn_rewards, action_rewards = [], [], [], [], []
+        row_pair, row_slot, row_first, row_paid = [], [], [], []
+        for i in self.live:
+            record = records[i]
+            turns, rewards = _field(record, "turns", i), _field(record, "action_rewards", i)
+            totals = _field(record, "turn_rewards", i)
+            if len(turns) > self.n_turns:
+                raise ValueError(f"rollout {i} reached {len(turns)} turns but the reference has {self.n_turns}")
+            if not len(rewards) == len(totals) == len(turns):
+                raise ValueError(f"rollout {i}: action_rewards covers {len(rewards)} turns, turn_rewards "
+                                 f"{len(totals)}, turns {len(turns)}")
+            turn_rewards.extend(totals)
+            for t, (turn, turn_action_rewards) in enumerate(zip(turns, rewards)):
+                steps = int(turn["steps"])
+                if steps < 0 or len(turn_action_rewards) != steps:
+                    raise ValueError(f"rollout {i}, turn {t}: {len(turn_action_rewards)} action rewards for "
+                                     f"{steps} steps")
+                p = len(pair_steps)
+                pair_rollout.append(i)
+                pair_turn.append(t)
+                pair_steps.append(steps)
+                action_rewards.extend(turn_action_rewards)
+                checklists = turn.get("checklists")
+                if not checklists:
+                    raise ValueError(f"rollout {i}, turn {t}: the reward record has no 'checklists'; score the "
+                                     "environment's info['reward_record'], or cm2_env.reward.replay_histories")
+                for k, checklist in enumerate(checklists):
+                    slot = slot_index.get((t, k))
+                    if slot is None:
+                        slot = slot_index[(t, k)] = len(slot_items)
+                        slot_items.append(as_items(checklist["items"]))
+                        slot_raw.append(checklist["items"])
+                        slot_ids.append([item.id for item in slot_items[slot]])
+                        slot_id_sets.append(frozenset(slot_ids[slot]))
+                    elif checklist["items"] != slot_raw[slot] and as_items(checklist["items"]) != slot_items[slot]:
+                        raise ValueError(f"rollout {i}, turn {t}: checklist variant {k} differs from the other "
+                                         "rollouts'; the rollouts of one group must share the reference dialogue")
+                    try:
+                        first, paid = _verdict_row(slot_ids[slot], slot_id_sets[slot], checklist)
+                    except ValueError as exc:
+                        raise ValueError(f"rollout {i}, turn {t}: {exc}") from None
+                    row_pair.append(p)
+                    row_slot.append(slot)
+                    row_first.append(first)
+                    row_paid.append(paid)
+        self.pair_rollout = np.array(pair_rollout, dtype=np.int64)
+        self.pair_turn = np.array(pair_turn, dtype=np.int64)
+        self.pair_steps = np.array(pair_steps, dtype=np.int64)
+        self.pair_offsets = np.cumsum(self.pair_steps) - self.pair_steps
+        self.turn_rewards = np.array(turn_rewards, dtype=float)
+        self.action_rewards = np.array(action_rewards, dtype=float)
+        self.n_slots = len(slot_items)
+        self.width = max((len(items) for items in slot_items), default=0) or 1
+        self.weights, self.depends, self.real = _checklist_arrays(slot_items, self.width)
+        self.row_pair = np.array(row_pair, dtype=np.int64)
+        self.row_slot = np.array(row_slot, dtype=np.int64)
+        self.first = _padded(row_first, self.width)
+        paid = _padded(row_paid, self.width)
+        self.pays = paid != _NEVER
+        self.row_steps = self.pair_steps[self.row_pair]
+        self._check_actions(paid)
+
+    def _check_actions(self, paid: np.ndarray) -> None:
+        """Every first_satisfied is an action in 0..steps (or never) and every paid item was paid at its first."""
+        never = self.first == _NEVER
+        bad = (~never & ((self.first < 0) | (self.first > self.row_steps[:, None]))) | (self.pays & (paid != self.first))
+        if bad.any():
+            r = int(np.argmax(bad.any(axis=1)))
+            p = self.row_pair[r]
+            raise ValueError(
+                f"rollout {self.pair_rollout[p]}, turn {self.pair_turn[p]}: every first_satisfied must be an action "
+                f"number in 0..steps ({self.row_steps[r]}) or None, and an item is paid at the action where it was "
+                "first satisfied")
+
+    def _sum_by_slot(self, values: np.ndarray) -> np.ndarray:
+        """(S, W) sums over the rows of each slot of a (rows, W) array (np.add.at is ~10x slower)."""
+        slots = (self.row_slot[:, None] * self.width + np.arange(self.width)).ravel()
+        return np.bincount(slots, weights=values.ravel(), minlength=self.n_slots * self.width).reshape(
+            self.n_slots, self.width)
+
+    def step_advantages(self, n_live: int, f_norm: FNorm, min_group_count: int) -> np.ndarray:
+        """The step advantage of every action of every pair, flat in pair order (Eq. 8-10, variants averaged)."""
+        weights = self.weights[self.row_slot]  # w_c per row (0 for padding)
+        # g = latest first_satisfied among c's dependencies: 0 without any, _NEVER if one is never satisfied
+        latest_dependency = np.where(self.depends[self.row_slot], self.first[:, None, :], 0).max(axis=2, initial=0)
+        eligible_from = np.where(self.real[self.row_slot], latest_dependency + 1, _NEVER)  # c in E_a for
+        eligible_to = np.minimum(self.first, self.row_steps[:, None])  # eligible_from <= a <= eligible_to
+        baseline = self._sum_by_slot(self.pays) / max(n_live, 1)  # b_{t,c}, Eq. 8: unreached turns count 0
+        if f_norm == "std" and n_live >= 2:
+            # sample std of G binary indicators with mean b: sqrt(G b (1 - b) / (G - 1))
+            scale = np.sqrt(n_live * baseline * (1 - baseline) / (n_live - 1)) + STD_EPSILON
+        else:
+            scale = np.ones_like(baseline)
+        item_advantage = (self.pays - baseline[self.row_slot]) / scale[self.row_slot]  # Eq. 9 on eligible actions
+        if n_live < max(2, min_group_count):
+            item_advantage[:] = 0.0
+        if min_group_count > 0:
+            eligible_count = self._sum_by_slot(eligible_from <= eligible_to)
+            weights = weights * (eligible_count >= min_group_count)[self.row_slot]  # drop rarely reached items
+        row_offsets = np.cumsum(self.row_steps) - self.row_steps
+        row = np.repeat(np.arange(len(self.row_steps)), self.row_steps)
+        action = np.arange(len(row)) - row_offsets[row]  # 0-based action of each row-action
+        in_e = (eligible_from[row] <= action[:, None] + 1) & (action[:, None] + 1 <= eligible_to[row])  # c in E_a
+        numerator = (in_e * (weights * item_advantage)[row]).sum(axis=1)
+        denominator = (in_e * weights[row]).sum(axis=1)
+        per_row = np.divide(numerator, denominator, out=np.zeros(len(row)), where=denominator > 0)  # Eq. 10
+        pair = self.row_pair[row]
+        n_variants = np.bincount(self.row_pair, minlength=len(self.pair_steps))
+        total = np.bincount(self.pair_offsets[pair] + action, weights=per_row, minlength=int(self.pair_steps.sum()))
+        return total / np.repeat(np.maximum(n_variants, 1), self.pair_steps)
 
 
-def _checklist_arrays(turns: Sequence[Sequence[Any]]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """Per reference turn, padded to the widest turn: weights (T, W), dependency matrix (T, W, W) with
-    ``depends[t, c, d]`` = "c depends on d", and the mask of real (non-padding) item slots (T, W)."""
-    n_turns, width = len(turns), max((len(items) for items in turns), default=0) or 1
-    weights, depends = np.zeros((n_turns, width)), np.zeros((n_turns, width, width), dtype=bool)
-    real = np.zeros((n_turns, width), dtype=bool)
-    for t, items in enumerate(turns):
+def _verdict_row(ids: Sequence[str], id_set: frozenset[str], checklist: Any) -> tuple[list[int], list[int]]:
+    """(first_satisfied, paid) aligned with the item ``ids``, _NEVER for never; raises ValueError on unknown ids
+    (the action numbers are checked for the whole group at once, in :meth:`_Group._check_actions`)."""
+    first, paid = checklist.get("first_satisfied") or {}, checklist.get("paid") or {}
+    if not (first.keys() <= id_set and paid.keys() <= id_set):
+        unknown = sorted((first.keys() | paid.keys()) - id_set)
+        raise ValueError(f"{unknown} are not items of this turn (items: {sorted(id_set)})")
+    get, get_paid = first.get, paid.get
+    return ([_NEVER if (f := get(c)) is None else f for c in ids],
+            [_NEVER if (a := get_paid(c)) is None else a for c in ids])
+
+
+def _padded(rows: list[list[int]], width: int) -> np.ndarray:
+    return np.array([row + [_NEVER] * (width - len(row)) for row in rows], dtype=np.int64).reshape(len(rows), width)
+
+
+def _checklist_arrays(slots: Sequence[Sequence[Any]], width: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per slot, padded to ``width``: weights (S, W), dependency matrix (S, W, W) with ``depends[s, c, d]`` =
+    "c depends on d", and the mask of real (non-padding) item slots (S, W)."""
+    weights, depends = np.zeros((len(slots), width)), np.zeros((len(slots), width, width), dtype=bool)
+    real = np.zeros((len(slots), width), dtype=bool)
+    for s, items in enumerate(slots):
         index = {item.id: k for k, item in enumerate(items)}
-        real[t, : len(items)] = True
+        real[s, : len(items)] = True
         for k, item in enumerate(items):
-            weights[t, k] = item.weight
+            weights[s, k] = item.weight
             for d in item.dependence:
-                depends[t, k, index[d]] = True
+                depends[s, k, index[d]] = True
     return weights, depends, real
 
 
-def _verdict_rows(turns: Sequence[Sequence[Any]], rollouts: Sequence[Any], width: int):
-    """``first_satisfied`` of every (live rollout, reached turn) pair as a padded row (None -> _NEVER).
-
-    Returns (failed flag per rollout, rollout per pair, turn per pair, steps per pair, rows).
-    """
-    ids = [[item.id for item in items] for items in turns]
-    id_sets = [frozenset(turn_ids) for turn_ids in ids]
-    failed, pair_rollout, pair_turn, steps, rows = [], [], [], [], []
-    for i, raw in enumerate(rollouts):
-        is_failed, reached = rollout_fields(raw)
-        failed.append(is_failed)
-        if is_failed:
-            continue
-        if len(reached) > len(turns):
-            raise ValueError(f"rollout {i} reached {len(reached)} turns but the reference has {len(turns)}")
-        for t, raw_turn in enumerate(reached):
-            # plain dicts take a fast path: isinstance checks against typing ABCs would dominate the time
-            if type(raw_turn) is dict:
-                m, first = raw_turn["steps"], raw_turn.get("first_satisfied") or {}
-            else:
-                m, first = as_turn_history(raw_turn)
-            if type(first) is dict and first.keys() <= id_sets[t]:
-                get = first.get
-                row = [_NEVER if (f := get(c)) is None else f for c in ids[t]]
-            else:
-                try:
-                    row = [_NEVER if f is None else f for f in first_satisfied_list(turns[t], first)]
-                except ValueError as exc:
-                    raise ValueError(f"rollout {i}, turn {t}: {exc}") from None
-            rows.append(row + [_NEVER] * (width - len(row)))
-            pair_rollout.append(i)
-            pair_turn.append(t)
-            steps.append(m)
-    return failed, pair_rollout, pair_turn, steps, rows
-
-
-def _assemble(failed, live, pairs, R, adv_traj, turn_rewards, adv_turn, action_rewards, adv_step) -> GroupScore:
+def _assemble(records, group: _Group, R, adv_traj, adv_turn, adv_step) -> GroupScore:
     """Cut the flat per-pair and per-action arrays back into one :class:`RolloutScore` per rollout."""
-    turn_rewards, adv_turn = turn_rewards.tolist(), adv_turn.tolist()
-    action_rewards, adv_step = action_rewards.tolist(), adv_step.tolist()
-    bounds = np.concatenate(([0], np.cumsum(pairs.steps))).tolist()
-    first_pair = np.searchsorted(pairs.rollout, np.arange(len(failed) + 1)).tolist()
-    scores = [RolloutScore(failed=True) for _ in failed]
-    for i, r, a in zip(live, R.tolist(), adv_traj.tolist()):
+    turn_rewards, adv_turn = group.turn_rewards.tolist(), adv_turn.tolist()
+    action_rewards, adv_step = group.action_rewards.tolist(), adv_step.tolist()
+    bounds = np.concatenate(([0], np.cumsum(group.pair_steps))).tolist()
+    first_pair = np.searchsorted(group.pair_rollout, np.arange(len(records) + 1)).tolist()
+    scores = [RolloutScore(failed=True) for _ in records]
+    for i, r, a in zip(group.live, R.tolist(), adv_traj.tolist()):
         p0, p1 = first_pair[i], first_pair[i + 1]
         scores[i] = RolloutScore(
             failed=False, R=r, adv_traj=a, turn_rewards=turn_rewards[p0:p1], adv_turn=adv_turn[p0:p1],
@@ -240,67 +301,3 @@ def _assemble(failed, live, pairs, R, adv_traj, turn_rewards, adv_turn, action_r
             adv_step=[adv_step[bounds[p]: bounds[p + 1]] for p in range(p0, p1)],
         )
     return GroupScore(scores)
-
-
-class _Pairs:
-    """The (live rollout, reached turn) pairs as padded arrays: P pairs x W item slots, in rollout order."""
-
-    def __init__(self, weights, depends, real, rows, pair_rollout, pair_turn, steps):
-        width = weights.shape[1]
-        self.rollout = np.array(pair_rollout, dtype=np.int64)
-        self.turn = np.array(pair_turn, dtype=np.int64)
-        self.steps = np.array(steps, dtype=np.int64)
-        self.first = np.array(rows, dtype=np.int64).reshape(len(rows), width)
-        self.weights = weights[self.turn]  # w_c per pair (0 for padding)
-        bad = (self.first != _NEVER) & ((self.first < 0) | (self.first > self.steps[:, None]))
-        if bad.any() or (self.steps < 0).any():
-            p = int(np.argmax(bad.any(axis=1) | (self.steps < 0)))
-            raise ValueError(
-                f"rollout {self.rollout[p]}, turn {self.turn[p]}: steps must be >= 0 and every first_satisfied "
-                f"an action number in 0..steps ({self.steps[p]}) or None"
-            )
-        # g = latest first_satisfied among c's dependencies: 0 without any, _NEVER if one is never satisfied
-        latest_dependency = np.where(depends[self.turn], self.first[:, None, :], 0).max(axis=2, initial=0)
-        self.pays = (self.first != _NEVER) & (latest_dependency < self.first)
-        # c is in E_a for eligible_from <= a <= eligible_to; padding slots are never eligible
-        self.eligible_from = np.where(real[self.turn], latest_dependency + 1, _NEVER)
-        self.eligible_to = np.minimum(self.first, self.steps[:, None])
-        self.offsets = np.cumsum(self.steps) - self.steps  # index of each pair's first action in flat arrays
-
-    def action_rewards(self) -> np.ndarray:
-        """sum_c w_c r[a][c] for every action of every pair, flat in pair order (Eq. 2)."""
-        paid_action = (self.offsets[:, None] + self.first - 1)[self.pays]
-        return np.bincount(paid_action, weights=self.weights[self.pays], minlength=int(self.steps.sum()))
-
-    def turn_rewards(self) -> np.ndarray:
-        """R_t of every pair (Eq. 6)."""
-        return (self.weights * self.pays).sum(axis=1)
-
-    def _sum_by_turn(self, values: np.ndarray, n_turns: int) -> np.ndarray:
-        """(T, W) sums over the pairs of each turn of a (P, W) array (np.add.at is ~10x slower)."""
-        width = values.shape[1]
-        slots = (self.turn[:, None] * width + np.arange(width)).ravel()
-        return np.bincount(slots, weights=values.ravel(), minlength=n_turns * width).reshape(n_turns, width)
-
-    def step_advantages(self, n_live: int, n_turns: int, f_norm: FNorm, min_group_count: int) -> np.ndarray:
-        """The step advantage of every action of every pair, flat in pair order (Eq. 8-10)."""
-        paid_count = self._sum_by_turn(self.pays, n_turns)
-        baseline = paid_count / max(n_live, 1)  # b_{t,c}, Eq. 8: never-reached turns count as "not earned"
-        if f_norm == "std" and n_live >= 2:
-            # sample std of G binary indicators with mean b: sqrt(G b (1 - b) / (G - 1))
-            scale = np.sqrt(n_live * baseline * (1 - baseline) / (n_live - 1)) + STD_EPSILON
-        else:
-            scale = np.ones_like(baseline)
-        item_advantage = (self.pays - baseline[self.turn]) / scale[self.turn]  # Eq. 9 on c's eligible actions
-        if n_live < max(2, min_group_count):
-            item_advantage[:] = 0.0
-        weights = self.weights
-        if min_group_count > 0:
-            eligible_count = self._sum_by_turn(self.eligible_from <= self.eligible_to, n_turns)
-            weights = weights * (eligible_count >= min_group_count)[self.turn]  # drop rarely reached items
-        pair = np.repeat(np.arange(len(self.steps)), self.steps)
-        action = (np.arange(len(pair)) - self.offsets[pair] + 1)[:, None]
-        in_e = (self.eligible_from[pair] <= action) & (action <= self.eligible_to[pair])  # c in E_a
-        numerator = (in_e * (weights * item_advantage)[pair]).sum(axis=1)
-        denominator = (in_e * weights[pair]).sum(axis=1)
-        return np.divide(numerator, denominator, out=np.zeros(len(pair)), where=denominator > 0)  # Eq. 10

@@ -22,14 +22,11 @@ from typing import Any, Iterable, Literal, Mapping, Sequence
 LMode = Literal["reference", "reached"]
 #: F_norm of Eq. 5, 7, 9: the group's sample standard deviation (+1e-6), or 1.
 FNorm = Literal["std", "none"]
-#: When the environment pays reward (every mode sums to the trajectory reward R).
-AssignmentMode = Literal["step", "turn", "trajectory"]
 #: How several checklist variants of one turn are combined.
 VariantAggregation = Literal["mean", "majority"]
 
 L_MODES: tuple[str, ...] = ("reference", "reached")
 F_NORMS: tuple[str, ...] = ("std", "none")
-ASSIGNMENT_MODES: tuple[str, ...] = ("step", "turn", "trajectory")
 VARIANT_AGGREGATIONS: tuple[str, ...] = ("mean", "majority")
 
 #: Added to the sample standard deviation before dividing (Eq. 5, 7, 9 with F_norm = "std").

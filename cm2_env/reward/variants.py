@@ -17,8 +17,7 @@ from __future__ import annotations
 from typing import Any, Iterable, Sequence
 
 from cm2_env.reward.incremental import TurnRewardState
-from cm2_env.reward.items import VARIANT_AGGREGATIONS, Item, VariantAggregation, as_items, check_choice
-from cm2_env.reward.turn import FirstSatisfied, action_rewards, step_rewards
+from cm2_env.reward.items import VARIANT_AGGREGATIONS, Item, VariantAggregation, check_choice
 
 
 def _majority_needed(n_variants: int) -> int:
@@ -38,38 +37,9 @@ def _shared_weights(variants: Sequence[Sequence[Item]]) -> dict[str, float]:
     return {c: sum(w.weight for items in variants for w in items if w.id == c) / len(variants) for c in ids}
 
 
-def variant_action_rewards(
-    variants: Sequence[tuple[Iterable[Any], FirstSatisfied]], steps: int, how: VariantAggregation = "mean"
-) -> list[float]:
-    """Aggregated reward of each action a = 1..M of one turn from several (items, first_satisfied) variants.
-
-    See the module docstring for "mean" and "majority". The turn reward is the sum of the returned list.
-    """
-    check_choice("how", how, VARIANT_AGGREGATIONS)
-    if not variants:
-        raise ValueError("variant_action_rewards needs at least one variant")
-    normalised = [(as_items(items), first) for items, first in variants]
-    if how == "mean":
-        per_variant = [action_rewards(items, first, steps) for items, first in normalised]
-        return [sum(column) / len(per_variant) for column in zip(*per_variant)] if steps else []
-    weights = _shared_weights([items for items, _ in normalised])
-    paid_at: dict[str, list[int]] = {c: [] for c in weights}
-    for items, first in normalised:
-        for a, row in enumerate(step_rewards(items, first, steps), start=1):
-            for item, r in zip(items, row):
-                if r:
-                    paid_at[item.id].append(a)
-    needed = _majority_needed(len(normalised))
-    rewards = [0.0] * steps
-    for c, actions in paid_at.items():
-        if len(actions) >= needed:
-            rewards[sorted(actions)[needed - 1] - 1] += weights[c]
-    return rewards
-
-
 class VariantTurnRewardState:
     """:class:`~cm2_env.reward.incremental.TurnRewardState` over several variants of one turn, fed one action
-    at a time; :meth:`step` returns the aggregated action reward, equal to :func:`variant_action_rewards`."""
+    at a time; :meth:`step` returns the aggregated action reward (see the module docstring)."""
 
     def __init__(self, variants: Sequence[Iterable[Any]], how: VariantAggregation = "mean"):
         check_choice("how", how, VARIANT_AGGREGATIONS)

@@ -1,28 +1,24 @@
-"""One turn's rewards, written literally from the paper's equations (Eq. 2, 3, 6), and Eq. 4 over turns.
+"""Literal reference implementations of the reward equations, kept as test oracles.
+
+They read like the paper's equations (Eq. 2, 3, 6 and the payout schedules) and favour clarity over speed. cm2
+runs other code: :class:`cm2_env.reward.TurnRewardState` (Eq. 2, action by action, in the environment),
+:class:`cm2_env.reward.RewardAssignment` (payouts) and :func:`cm2_env.reward.score_group` (closed-form group
+advantages). The tests check that production code agrees with these on hand-worked and random cases.
 
 Notation: a turn's actions are a = 1..M; x_0 is the state before the first action and x_a the state after
 action a; ``first_satisfied[c]`` is the action after which item c first became satisfied (None = never), so c
 is satisfied in x_a iff ``first_satisfied[c] <= a`` (satisfaction is sticky). Per-action results are lists
 indexed ``[a - 1]``; per-item results inside them follow the order of ``items``.
-
-These functions favour reading like the equations over speed; :func:`cm2_env.reward.group.score_group` computes
-the same quantities for a whole group in closed form with numpy (and the tests check the two agree).
 """
 
 from __future__ import annotations
 
 from typing import Any, Iterable, Mapping, Sequence
 
-from cm2_env.reward.items import (
-    ASSIGNMENT_MODES,
-    AssignmentMode,
-    Item,
-    LMode,
-    as_items,
-    check_choice,
-    first_satisfied_list,
-    normaliser,
-)
+from cm2_env.reward.items import Item, as_items, first_satisfied_list
+from cm2_env.reward.variants import _majority_needed, _shared_weights
+
+ASSIGNMENT_MODES = ("step", "turn", "trajectory")
 
 FirstSatisfied = Mapping[str, "int | None"] | Sequence["int | None"]
 
@@ -81,17 +77,7 @@ def turn_reward(items: Iterable[Any], first_satisfied: FirstSatisfied, steps: in
     return float(sum(action_rewards(items, first_satisfied, steps)))
 
 
-def trajectory_reward(turn_rewards: Sequence[float], n_reference_turns: int, L: LMode = "reference") -> float:
-    """R (Eq. 4) = (sum_t R_t) / L over the turns the rollout reached.
-
-    ``L="reference"`` divides by the number of reference turns (an episode that ended early is penalised, as in
-    the released code); ``L="reached"`` by the number of turns reached. R = 0 when the divisor is 0.
-    """
-    divisor = normaliser(L, n_reference_turns, len(turn_rewards))
-    return float(sum(turn_rewards)) / divisor if divisor else 0.0
-
-
-def payouts(action_rewards_per_turn: Sequence[Sequence[float]], divisor: int, mode: AssignmentMode) -> list[list[float]]:
+def payouts(action_rewards_per_turn: Sequence[Sequence[float]], divisor: int, mode: str) -> list[list[float]]:
     """What the environment pays after each action, per reached turn and action (same shape as the input).
 
     ``divisor`` is L of Eq. 4 (see :func:`cm2_env.reward.items.normaliser`). "step" pays action_reward / L after
@@ -99,7 +85,7 @@ def payouts(action_rewards_per_turn: Sequence[Sequence[float]], divisor: int, mo
     action of the episode. Every mode sums to R = sum_t R_t / L (up to float rounding); modes differ only in when
     reward arrives. A turn without actions has R_t = 0 and pays nothing.
     """
-    check_choice("mode", mode, ASSIGNMENT_MODES)
+    assert mode in ASSIGNMENT_MODES, mode
     scale = 1.0 / divisor if divisor else 0.0
     paid = [[0.0] * len(turn) for turn in action_rewards_per_turn]
     if mode == "step":
@@ -114,3 +100,45 @@ def payouts(action_rewards_per_turn: Sequence[Sequence[float]], divisor: int, mo
     if last is not None:
         paid[last][-1] = total
     return paid
+
+
+def action_reward(items: Iterable[Any], satisfied_before: Iterable[str], satisfied_after: Iterable[str]) -> float:
+    """sum_c w_c r[a][c] (Eq. 2) for one action, from the sets of item ids satisfied in x_{a-1} and in x_a.
+
+    Satisfaction is sticky: an id in ``satisfied_before`` counts as satisfied in x_a even if it is missing from
+    ``satisfied_after``. An item pays iff it is newly satisfied and all its dependencies were satisfied in
+    x_{a-1} (so an item satisfied in the same action as a dependency does not pay).
+    """
+    before = set(satisfied_before)
+    after = set(satisfied_after) | before
+    return float(
+        sum(i.weight for i in as_items(items) if i.id in after and i.id not in before and set(i.dependence) <= before)
+    )
+
+
+def variant_action_rewards(
+    variants: Sequence[tuple[Iterable[Any], FirstSatisfied]], steps: int, how: str = "mean"
+) -> list[float]:
+    """Aggregated reward of each action a = 1..M of one turn from several (items, first_satisfied) variants.
+
+    See the module docstring for "mean" and "majority". The turn reward is the sum of the returned list.
+    """
+    if not variants:
+        raise ValueError("variant_action_rewards needs at least one variant")
+    normalised = [(as_items(items), first) for items, first in variants]
+    if how == "mean":
+        per_variant = [action_rewards(items, first, steps) for items, first in normalised]
+        return [sum(column) / len(per_variant) for column in zip(*per_variant)] if steps else []
+    weights = _shared_weights([items for items, _ in normalised])
+    paid_at: dict[str, list[int]] = {c: [] for c in weights}
+    for items, first in normalised:
+        for a, row in enumerate(step_rewards(items, first, steps), start=1):
+            for item, r in zip(items, row):
+                if r:
+                    paid_at[item.id].append(a)
+    needed = _majority_needed(len(normalised))
+    rewards = [0.0] * steps
+    for c, actions in paid_at.items():
+        if len(actions) >= needed:
+            rewards[sorted(actions)[needed - 1] - 1] += weights[c]
+    return rewards
