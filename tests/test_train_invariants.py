@@ -14,7 +14,7 @@ from agents.rollout import EpisodeResult
 from cm2_env.data import load_dialogues
 from tests.support.tiny_models import micro_model_dir
 from train.config import TrainConfig
-from train.grpo import train, training_sequences
+from train.grpo import step_seed, train, training_sequences, transformers_agent
 
 
 @pytest.fixture(scope="module")
@@ -32,6 +32,24 @@ def test_the_first_update_starts_from_ratio_one_and_clips_nothing(model_dir, tmp
     assert record["sequences"] > 0 and record["loss_tokens"] > 0
     assert record["clip_fraction"] == 0.0
     assert record["ratio_max"] == pytest.approx(1.0, abs=1e-4) and record["ratio_min"] == pytest.approx(1.0, abs=1e-4)
+
+
+def test_the_trainer_samples_with_the_agent_its_factory_builds_from_the_live_policy(model_dir, tmp_path):
+    built = []
+
+    def make_agent(model, tokenizer, config, seed, temperature):
+        built.append((model, seed, temperature, [p.detach().clone() for p in model.parameters()][:1]))
+        return transformers_agent(model, tokenizer, config, seed, temperature)
+
+    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path), steps=2, group_size=4, prompts_per_step=2,
+                         max_new_tokens=8, max_turns=1, max_actions_per_turn=2, learning_rate=1e-2, kl_coef=0.0,
+                         bf16="false", seed=3, progress=False).validate()
+    result = train(config, dialogues=load_dialogues("tooltalk")[:2], make_agent=make_agent)
+    assert [(seed, temperature) for _, seed, temperature, _ in built] == [
+        (step_seed(3, 0), config.temperature), (step_seed(3, 1), config.temperature)]
+    assert built[0][0] is built[1][0]  # the policy being trained, not a copy
+    assert result.records[0]["sequences"] > 0
+    assert not built[0][3][0].equal(built[1][3][0])  # the second step's agent samples from updated weights
 
 
 def _episode(advantage_free: bool, completions: list[list[int]], failed: bool = False) -> EpisodeResult:

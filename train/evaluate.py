@@ -12,18 +12,21 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from train.config import TrainConfig
+from train.grpo import AgentFactory, collect_rollouts, transformers_agent
 
 
 def measure_reward(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: TrainConfig, *, seed: int = 0,
-                   samples: int | None = None, temperature: float | None = None) -> dict[str, Any]:
-    """Mean checklist reward of ``model`` on ``dialogues`` (see the module docstring)."""
+                   samples: int | None = None, temperature: float | None = None,
+                   make_agent: AgentFactory = transformers_agent) -> dict[str, Any]:
+    """Mean checklist reward of ``model`` on ``dialogues`` (see the module docstring); ``make_agent`` builds the
+    policy that samples (:data:`train.grpo.AgentFactory`)."""
     from agents.rollout import summarize
-    from train.grpo import collect_rollouts
 
     samples = samples or config.eval_samples
     temperature = config.eval_temperature if temperature is None else temperature
     episodes = collect_rollouts(model, tokenizer, dialogues, config, seed=seed, group_size=samples,
-                                temperature=temperature, max_turns=config.eval_max_turns or None)
+                                temperature=temperature, max_turns=config.eval_max_turns or None,
+                                make_agent=make_agent)
     summary = summarize(episodes, dialogues)
     per_dialogue: dict[str, list[float]] = {}
     for episode in episodes:

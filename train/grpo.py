@@ -89,15 +89,30 @@ def env_kwargs(config: TrainConfig, max_turns: int | None = None) -> dict[str, A
     }
 
 
-def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: TrainConfig, *, seed: int,
-                     group_size: int, temperature: float, max_turns: int | None = None) -> list[Any]:
-    """``group_size`` episodes per dialogue, generation batched across all concurrent episodes."""
+#: Builds the rollout policy of one collection: ``(model, tokenizer, config, seed, temperature) -> agent``. The
+#: agent must record every action's prompt ids, completion ids and sampling logprobs (``agents.AgentStep``) and
+#: sample from ``model``'s current weights; :func:`transformers_agent` is the default, and another sampler (a
+#: vLLM engine that syncs the weights first) drops in here without changes to the loop.
+AgentFactory = Callable[[Any, Any, TrainConfig, int, float], Any]
+
+
+def transformers_agent(model: Any, tokenizer: Any, config: TrainConfig, seed: int, temperature: float) -> Any:
+    """The default :data:`AgentFactory`: :class:`agents.TransformersAgent` on the model being trained."""
     from agents import TransformersAgent
+
+    return TransformersAgent(model, tokenizer, max_new_tokens=config.max_new_tokens, temperature=temperature,
+                             top_p=config.top_p, max_batch_size=config.max_batch_size, seed=seed,
+                             max_prompt_tokens=config.max_prompt_tokens)
+
+
+def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: TrainConfig, *, seed: int,
+                     group_size: int, temperature: float, max_turns: int | None = None,
+                     make_agent: AgentFactory = transformers_agent) -> list[Any]:
+    """``group_size`` episodes per dialogue, all concurrent, with the agent ``make_agent`` builds (generation
+    batched across the episodes by the default one)."""
     from agents.rollout import run_rollouts
 
-    agent = TransformersAgent(model, tokenizer, max_new_tokens=config.max_new_tokens, temperature=temperature,
-                              top_p=config.top_p, max_batch_size=config.max_batch_size, seed=seed,
-                              max_prompt_tokens=config.max_prompt_tokens)
+    agent = make_agent(model, tokenizer, config, seed, temperature)
     concurrency = config.rollout_concurrency or len(dialogues) * group_size
     return run_rollouts(dialogues, agent, group_size=group_size, env_kwargs=env_kwargs(config, max_turns),
                         concurrency=concurrency, progress=False, seed=seed)
@@ -330,11 +345,12 @@ def build_policy(config: TrainConfig) -> tuple[Any, Any, ReferencePolicy | None]
 
 def train(config: TrainConfig, *, dialogues: Sequence[Any] | None = None, max_steps: int | None = None,
           on_step: Callable[[int, dict[str, Any]], None] | None = None, save_final: bool = True,
-          overwrite: bool = False) -> GRPOResult:
+          overwrite: bool = False, make_agent: AgentFactory = transformers_agent) -> GRPOResult:
     """Run (or resume) GRPO as configured. ``max_steps`` stops early after that many steps of this call (the
     schedule still spans ``config.steps``: how an interrupted run is simulated). ``on_step(step, record)`` is
     called after every step. An ``output_dir`` that holds an earlier run is refused unless the config resumes
-    it or ``overwrite`` replaces it (its metrics, checkpoints and final model are removed first)."""
+    it or ``overwrite`` replaces it (its metrics, checkpoints and final model are removed first).
+    ``make_agent`` builds each step's rollout policy from the current weights (:data:`AgentFactory`)."""
     from cm2_env.data import load_dialogues
     from train.checkpoint import (TrainerState, clear_run, load_checkpoint, previous_run, resolve_resume,
                                   save_checkpoint)
@@ -371,7 +387,7 @@ def train(config: TrainConfig, *, dialogues: Sequence[Any] | None = None, max_st
         batch = [dialogues[i] for i in dialogues_at(state.data_position, config.prompts_per_step, len(dialogues), config.seed)]
         seed = step_seed(config.seed, step)
         episodes = collect_rollouts(policy, tokenizer, batch, config, seed=seed, group_size=config.group_size,
-                                    temperature=config.temperature)
+                                    temperature=config.temperature, make_agent=make_agent)
         t_rollout = time.perf_counter() - t0
         # --- advantages -> token sequences
         advantages = action_advantages(episodes, config)
