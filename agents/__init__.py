@@ -6,16 +6,20 @@
 - :class:`~agents.transformers_agent.TransformersAgent`: a local transformers model, batched generation, token
   bookkeeping for training.
 - :class:`~agents.probes.ProbeAgent`: deliberately gaming policies that measure whether a judge can be gamed.
-- :func:`make_agent`: build one from a spec string (``replay``, ``probe:KIND``, ``openai:URL#model``, ``hf:PATH``).
+- :func:`make_agent`: build one from a spec string (``cm2_env.specs``: ``replay``, ``probe:KIND``,
+  ``openai:URL#model``, ``hf:PATH``, ``MODULE:ATTRIBUTE``); :func:`load_agent` imports a Python one.
 """
 
 from __future__ import annotations
 
+import importlib
 from pathlib import Path
 from typing import Any, Sequence
 
 from agents.base import Agent, AgentStep
 from agents.replay import ReplayAgent
+from cm2_env.errors import SpecError
+from cm2_env.specs import parse
 
 
 def __getattr__(name: str) -> Any:
@@ -31,36 +35,61 @@ def __getattr__(name: str) -> Any:
     raise AttributeError(f"module 'agents' has no attribute {name!r}")
 
 
-def make_agent(spec: str, dialogues: Sequence[Any] = (), **options: Any) -> Agent:
-    """An agent from a spec: ``replay``, ``probe:KIND`` or ``probe:KIND+calls`` (agents.probes), an endpoint spec
-    ``openai:URL#model``, or ``hf:PATH`` (a local transformers model folder with a chat-template tokenizer).
-    ``options`` go to the agent's constructor."""
-    if spec == "replay":
-        return ReplayAgent(dialogues)
-    if spec.startswith("probe:"):
-        from agents.probes import ProbeAgent
+def load_agent(path: str) -> Agent:
+    """Import ``module:attribute``: an agent instance, an agent class, or a zero-argument factory of one. Raises
+    ``cm2_env.errors.SpecError`` when the import fails or the target is no agent."""
+    module_name, _, attribute = path.partition(":")
+    try:
+        target: Any = importlib.import_module(module_name)
+        for part in attribute.split("."):
+            target = getattr(target, part)
+    except (ImportError, AttributeError) as exc:
+        raise SpecError(f"policy spec {path!r}: cannot load the agent ({exc}). Fix: put the module on PYTHONPATH "
+                        "and check the attribute name") from exc
+    if isinstance(target, type) or (not hasattr(target, "act") and callable(target)):
+        target = target()  # an agent class or a factory
+    if not hasattr(target, "act"):
+        raise SpecError(f"policy spec {path!r} is not an agent: it has no async act(messages, tools). Fix: name an "
+                        "object with the agents.base.Agent methods, its class, or a factory returning one")
+    return target
 
-        kind, _, extra = spec[len("probe:"):].partition("+")
-        if extra not in ("", "calls"):
-            raise ValueError(f"unknown probe option {extra!r} in {spec!r}: use probe:KIND or probe:KIND+calls")
+
+def make_agent(spec: str, dialogues: Sequence[Any] = (), *, role: str = "policy", **options: Any) -> Agent:
+    """An agent from a spec string (``cm2_env.specs``): ``replay``, ``probe:KIND[+calls]`` (agents.probes), an
+    endpoint ``openai:URL#model`` (or ``vllm:``/``sglang:``), ``hf:PATH`` (a local transformers model folder with
+    a chat-template tokenizer) or ``MODULE:ATTRIBUTE``. ``role`` is the grammar's role (``"bench"`` for benchmark
+    adapters). ``options`` go to the agent's constructor (endpoint and ``hf:`` agents only). A bad spec or option
+    raises ``cm2_env.errors.SpecError``."""
+    parsed = parse(spec, role)
+    if options and parsed.kind not in ("endpoint", "hf"):
+        raise SpecError(f"{role} spec {parsed.text!r} takes no options (got {', '.join(sorted(options))}). Fix: "
+                        "drop them; only endpoint and hf: agents are configured by options")
+    if parsed.kind == "replay":
+        return ReplayAgent(dialogues)
+    if parsed.kind == "probe":
+        from agents.probes import PROBE_KINDS, ProbeAgent
+
+        kind, _, extra = parsed.value.partition("+")
+        if kind not in PROBE_KINDS or extra not in ("", "calls"):
+            raise SpecError(f"unknown probe {parsed.text!r}. Fix: use probe:KIND or probe:KIND+calls with KIND one "
+                            f"of {', '.join(PROBE_KINDS)}")
         return ProbeAgent(dialogues, kind, replay_calls=extra == "calls")
-    if spec.startswith("openai:"):
+    if parsed.kind == "endpoint":
         from agents.endpoint import EndpointAgent
 
-        return EndpointAgent(spec, **options)
-    if spec.startswith("hf:"):
+        return EndpointAgent(parsed.value, **options)
+    if parsed.kind == "hf":
         from transformers import AutoModelForCausalLM, AutoTokenizer
 
         from agents.transformers_agent import TransformersAgent
 
-        path = spec[len("hf:"):]
-        if not (Path(path) / "config.json").is_file():
-            raise ValueError(f"agent {spec!r}: {path!r} is not a local model folder (no config.json there). Fix: "
-                             "give the folder of a saved model, e.g. hf:runs/tiny-cpu/grpo/final (cm2 never "
-                             "downloads models)")
-        return TransformersAgent(AutoModelForCausalLM.from_pretrained(path), AutoTokenizer.from_pretrained(path),
-                                 **options)
-    raise ValueError(f"unknown agent spec {spec!r}: use 'replay', 'probe:KIND', 'openai:URL#model' or 'hf:PATH'")
+        if not (Path(parsed.value) / "config.json").is_file():
+            raise SpecError(f"{role} spec {parsed.text!r}: {parsed.value!r} is not a local model folder (no "
+                            "config.json there). Fix: give the folder of a saved model, e.g. "
+                            "hf:runs/tiny-cpu/grpo/final (cm2 never downloads models)")
+        return TransformersAgent(AutoModelForCausalLM.from_pretrained(parsed.value),
+                                 AutoTokenizer.from_pretrained(parsed.value), **options)
+    return load_agent(parsed.value)
 
 
-__all__ = ["Agent", "AgentStep", "ReplayAgent", "EndpointAgent", "TransformersAgent", "make_agent"]
+__all__ = ["Agent", "AgentStep", "ReplayAgent", "EndpointAgent", "TransformersAgent", "load_agent", "make_agent"]

@@ -13,7 +13,7 @@ from cm2_env.reward import ASSIGNMENT_MODES
 @click.command("rollout")
 @click.option("--dataset", default="tooltalk", show_default=True, help="Bundled dataset name or JSONL path.")
 @click.option("--agent", "agent_spec", default="replay", show_default=True,
-              help="replay | openai:URL#model | hf:PATH")
+              help="replay | probe:KIND[+calls] | openai:URL#model | hf:PATH | MODULE:ATTRIBUTE")
 @click.option("--simulator", default="replay", show_default=True, help="replay | openai:URL#model")
 @click.option("--judge", default="rule", show_default=True, help="rule | openai:URL#model | hybrid:openai:URL#model")
 @click.option("--group-size", "-G", default=1, show_default=True, type=click.IntRange(min=1))
@@ -40,6 +40,7 @@ def rollout(dataset, agent_spec, simulator, judge, group_size, out_dir, limit, c
     from cm2_env.data import load_dialogues
     from cm2_env.judge import make_judge
     from cm2_env.simulator import make_simulator
+    from cm2_env.specs import parse
 
     if (resume or overwrite) and not out_dir:
         raise click.UsageError("--resume and --overwrite need --out")
@@ -49,7 +50,7 @@ def rollout(dataset, agent_spec, simulator, judge, group_size, out_dir, limit, c
     options = {}
     if temperature is not None:
         options["temperature"] = temperature
-    if max_new_tokens is not None and agent_spec.startswith("hf:"):
+    if max_new_tokens is not None and parse(agent_spec, "policy").kind == "hf":
         options["max_new_tokens"] = max_new_tokens
     agent = make_agent(agent_spec, dialogues, **options)
     simulator_backend, judge_backend = make_simulator(simulator), make_judge(judge)

@@ -34,6 +34,8 @@ from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Callable
 
+from cm2_env.specs import Spec, parse
+
 BFCL_EVAL_VERSION = "2026.3.23"
 MULTI_TURN_CATEGORIES = (
     "multi_turn_base", "multi_turn_miss_func", "multi_turn_miss_param", "multi_turn_long_context",
@@ -54,43 +56,25 @@ TABLE_COLUMNS = (
 WEB_SEARCH_PACKAGES = {"serpapi": "google-search-results", "bs4": "beautifulsoup4", "html2text": "html2text",
                        "requests": "requests"}
 BUILTIN_POLICIES = ("oracle", "noop")
-_AGENT_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
-_ENDPOINT_SCHEMES = ("openai:", "vllm:", "http://", "https://")
 
 
 class BfclError(RuntimeError):
     """A BFCL run could not be set up or did not finish; the message says what to do."""
 
 
-@dataclass(frozen=True)
-class PolicySpec:
-    """``kind`` is oracle | noop | endpoint | agent; ``value`` the endpoint spec or ``module:attribute``."""
-
-    kind: str
-    value: str = ""
-
-    @property
-    def label(self) -> str:
-        """A short, file-name-safe name for the policy (used in BFCL's model name)."""
-        if self.kind in BUILTIN_POLICIES:
-            return self.kind
-        tail = self.value.rsplit("#", 1)[-1] if self.kind == "endpoint" else self.value.rsplit(":", 1)[-1]
-        return re.sub(r"[^A-Za-z0-9.-]+", "-", tail.rstrip("/").rsplit("/", 1)[-1]).strip("-.") or self.kind
+def parse_policy(text: str) -> Spec:
+    """A ``--policy`` in the project's spec grammar (``cm2_env.specs``, role ``bench``): ``oracle``, ``noop``, an
+    endpoint spec (``openai:http://host/v1#model``), ``hf:PATH`` or ``module:attribute``. Raises ``SpecError``."""
+    return parse(text, "bench")
 
 
-def parse_policy(text: str) -> PolicySpec:
-    """``oracle``, ``noop``, an OpenAI-compatible spec (``openai:http://host/v1#model``) or ``module:attribute``."""
-    text = text.strip()
-    if text in BUILTIN_POLICIES:
-        return PolicySpec(text)
-    if text.startswith(_ENDPOINT_SCHEMES) or "://" in text:
-        return PolicySpec("endpoint", text)
-    if _AGENT_PATH.match(text):
-        return PolicySpec("agent", text)
-    raise BfclError(
-        f"--policy {text!r} is not understood: use oracle, noop, an endpoint spec such as "
-        "openai:http://127.0.0.1:8000/v1#my-model, or module:attribute naming an agent (agents/base.py)"
-    )
+def policy_label(spec: Spec) -> str:
+    """A short, file-name-safe name for the policy (used in BFCL's model name)."""
+    if spec.kind in BUILTIN_POLICIES:
+        return spec.kind
+    tail = spec.value.rsplit("#", 1)[-1] if spec.kind == "endpoint" else spec.value
+    tail = tail.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    return re.sub(r"[^A-Za-z0-9.-]+", "-", tail).strip("-.") or spec.kind
 
 
 def parse_categories(text: str) -> list[str]:
@@ -140,7 +124,7 @@ class BfclOptions:
     def model_name(self) -> str:
         if self.name:
             return self.name
-        return f"cm2-{parse_policy(self.policy).label}" + ("-FC" if self.mode == "fc" else "")
+        return f"cm2-{policy_label(parse_policy(self.policy))}" + ("-FC" if self.mode == "fc" else "")
 
 
 @dataclass
@@ -282,9 +266,8 @@ def _check_run_dir(options: BfclOptions) -> None:
 
 
 def _worker_run(options: BfclOptions, categories: list[str]) -> dict[str, Any]:
-    policy = parse_policy(options.policy)
     return {
-        "name": options.model_name(), "policy": {"kind": policy.kind, "value": policy.value},
+        "name": options.model_name(), "policy": parse_policy(options.policy).text,
         "mode": options.mode, "categories": categories, "limit": options.limit,
         "concurrency": options.concurrency, "temperature": options.temperature,
         "result_dir": str(options.out.resolve() / "result"), "score_dir": str(options.out.resolve() / "score"),

@@ -10,8 +10,8 @@ async policies run on one shared event loop (``AsyncBridge``), so an agent or cl
   into structured tool calls with the ``ast`` module's literal parsing (never ``eval``); in prompting mode the
   same calls are sent as BFCL's ``[f(a=1), g(b=2)]`` text. Web-search entries get the expected answer as text.
 - ``noop`` answers every request with text and no calls.
-- ``endpoint``: an OpenAI-compatible spec string, sent through ``cm2_env.llm.make_client`` (the only LLM client).
-- ``agent``: ``module:attribute`` naming an ``agents.base.Agent`` instance, class or zero-argument factory.
+- any other spec of the project's grammar (``cm2_env.specs``, role ``bench``): an endpoint (through
+  ``cm2_env.llm``, the only LLM client), ``hf:PATH`` or ``module:attribute``, built by ``agents.make_agent``.
 
 This module is imported by the worker subprocess and by tests of the pure parts; it imports ``bfcl_eval`` only
 inside ``OraclePolicy`` (the worker has set ``BFCL_PROJECT_ROOT`` by then).
@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import ast
 import asyncio
-import importlib
 import json
 import threading
 from dataclasses import dataclass
@@ -206,35 +205,19 @@ class AgentPolicy:
             self.bridge.close()
 
 
-def load_agent(path: str) -> Any:
-    """Import ``module:attribute``: an agent instance, an agent class, or a zero-argument factory of one."""
-    module_name, _, attribute = path.partition(":")
-    try:
-        target: Any = importlib.import_module(module_name)
-        for part in attribute.split("."):
-            target = getattr(target, part)
-    except (ImportError, AttributeError) as exc:
-        raise ValueError(f"--policy {path}: cannot load the agent ({exc}); is the module on PYTHONPATH?") from exc
-    if isinstance(target, type) or (not hasattr(target, "act") and callable(target)):
-        target = target()  # an agent class or a factory
-    if not hasattr(target, "act"):
-        raise TypeError(f"{path} is not an agent: it has no async act(messages, tools) (agents/base.py)")
-    return target
+def build_policy(spec: str, *, categories: list[str], concurrency: int, temperature: float = 0.001) -> Policy:
+    """``spec`` is a ``--policy`` string (``cm2_env.specs``, role ``bench``): ``oracle`` and ``noop`` are built
+    here; any other spec is an agent from :func:`agents.make_agent`, an endpoint or local model sampling at
+    ``temperature``."""
+    from agents import make_agent
+    from cm2_env.specs import parse
 
-
-def build_policy(spec: dict, *, categories: list[str], concurrency: int, temperature: float = 0.001) -> Policy:
-    """``spec`` is ``{"kind": "oracle"|"noop"|"endpoint"|"agent", "value": str}`` (see ``benchmarks.bfcl``). An
-    endpoint is an :class:`agents.endpoint.EndpointAgent` sampling at ``temperature``."""
-    kind, value = spec["kind"], spec.get("value", "")
-    if kind == "oracle":
+    parsed = parse(spec, "bench")
+    if parsed.kind == "oracle":
         return OraclePolicy(categories)
-    if kind == "noop":
+    if parsed.kind == "noop":
         return NoopPolicy()
-    if kind == "endpoint":
-        from agents.endpoint import EndpointAgent
-
-        return AgentPolicy(EndpointAgent(value, client_options={"max_concurrency": concurrency},
-                                         temperature=temperature))
-    if kind == "agent":
-        return AgentPolicy(load_agent(value))
-    raise ValueError(f"unknown policy kind {kind!r}")
+    options: dict[str, Any] = {"temperature": temperature} if parsed.kind in ("endpoint", "hf") else {}
+    if parsed.kind == "endpoint":
+        options["client_options"] = {"max_concurrency": concurrency}
+    return AgentPolicy(make_agent(parsed.text, role="bench", **options))

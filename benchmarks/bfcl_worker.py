@@ -4,7 +4,7 @@ BFCL's checker executes call strings with Python's ``eval`` against its backends
 ``bfcl_eval`` lives here, in a throw-away process whose ``BFCL_PROJECT_ROOT`` points into the run directory.
 
 Contract: ``python -m benchmarks.bfcl_worker JOB.json``. The job is ``{"runs": [RUN, ...], "log": PATH}``; each
-RUN is ``{"name", "policy": {"kind", "value"}, "mode": "fc"|"prompting", "categories", "limit", "concurrency",
+RUN is ``{"name", "policy": SPEC, "mode": "fc"|"prompting", "categories", "limit", "concurrency",
 "temperature", "result_dir", "score_dir", "clear_instance_cache"}``. Runs execute one after another in this
 process; for each run the worker
 
@@ -217,7 +217,7 @@ def _chat_completion(completion_type: type, reply: dict, model: str) -> Any:
 @dataclass
 class RunJob:
     name: str
-    policy: dict
+    policy: str  # a spec string (cm2_env.specs, role "bench")
     mode: str
     categories: list[str]
     limit: int | None

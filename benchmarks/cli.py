@@ -21,8 +21,8 @@ def bench() -> None:
 
 @bench.command("bfcl")
 @click.option("--policy", required=True,
-              help="oracle | noop | an endpoint spec (openai:http://127.0.0.1:8000/v1#model) | module:attribute "
-                   "naming an agent (agents/base.py).")
+              help="oracle | noop | an endpoint spec (openai:http://127.0.0.1:8000/v1#model) | hf:PATH | "
+                   "module:attribute naming an agent (agents/base.py).")
 @click.option("--categories", default="all", show_default=True,
               help="Comma-separated: all, multi_turn, web_search, or BFCL names such as multi_turn_base. "
                    "web_search runs only with SERPAPI_API_KEY (live Google search).")

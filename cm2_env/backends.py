@@ -5,7 +5,8 @@
 :func:`cm2_env.judge.make_judge` with its options) and returns :class:`Backends`: the two backends and the ones
 it built, which it owns and closes with ``aclose()`` (their LLM clients' connection pools). The environment,
 the vector environment and the rollout engine all build through it, so the same arguments mean the same thing
-everywhere and nothing built is left open. Bad arguments raise TypeError/ValueError naming the valid choices.
+everywhere and nothing built is left open. Bad specs and options raise ``cm2_env.errors.SpecError`` naming the
+valid choices.
 """
 
 from __future__ import annotations
@@ -32,21 +33,26 @@ def build_backends(simulator: Any = "replay", judge: Any = "rule", *,
                    simulator_options: dict[str, Any] | None = None,
                    judge_options: dict[str, Any] | None = None) -> Backends:
     """The backends of an episode (see the module docstring)."""
-    from cm2_env.judge import JUDGE_CHOICES, ChecklistJudge, make_judge
-    from cm2_env.simulator import SIMULATOR_CHOICES, ToolSimulator, make_simulator
+    from cm2_env.errors import SpecError
+    from cm2_env.judge import ChecklistJudge, make_judge
+    from cm2_env.simulator import ToolSimulator, make_simulator
+    from cm2_env.specs import choices
 
     backends = Backends(None, None)
-    for role, spec, options, kind, choices, factory in (
-            ("simulator", simulator, simulator_options, ToolSimulator, SIMULATOR_CHOICES, make_simulator),
-            ("judge", judge, judge_options, ChecklistJudge, JUDGE_CHOICES, make_judge)):
-        if isinstance(spec, str):
+    for role, spec, options, kind, factory in (
+            ("simulator", simulator, simulator_options, ToolSimulator, make_simulator),
+            ("judge", judge, judge_options, ChecklistJudge, make_judge)):
+        if isinstance(spec, kind):
+            if options:
+                raise SpecError(f"{role}_options only apply to a {role} spec string, not to a {role} object. Fix: "
+                                f"configure the {kind.__name__} object itself, or pass a spec string")
+            built = spec
+        elif isinstance(spec, str):
             built = factory(spec, **dict(options or {}))
             backends.owned.append(built)
-        elif isinstance(spec, kind):
-            if options:
-                raise ValueError(f"{role}_options only apply to a {role} spec string, not to a {role} object")
-            built = spec
         else:
-            raise TypeError(f"{role} must be {choices} or a {kind.__name__} object, got {spec!r}")
+            got = repr(spec) if spec is None or isinstance(spec, (int, float, bytes)) else type(spec).__name__
+            raise SpecError(f"{role} must be a spec string ({choices(role)}) or a {kind.__name__} object, got "
+                            f"{got}. Fix: pass one of those")
         setattr(backends, role, built)
     return backends

@@ -18,11 +18,12 @@ from hypothesis import strategies as st
 pytest.importorskip("bfcl_eval", reason="bfcl-eval is not installed (pip install --no-deps bfcl-eval==2026.3.23)")
 
 from benchmarks.bfcl import (  # noqa: E402
-    MULTI_TURN_CATEGORIES, TABLE_COLUMNS, BfclError, BfclOptions, BfclReport, PolicySpec, parse_categories,
+    MULTI_TURN_CATEGORIES, TABLE_COLUMNS, BfclError, BfclOptions, BfclReport, parse_categories,
     parse_policy, run_bfcl, run_bfcl_sequence,
 )
 from benchmarks.bfcl_policies import call_arguments, parse_python_call  # noqa: E402
 from benchmarks.cli import bench  # noqa: E402
+from cm2_env.errors import SpecError  # noqa: E402
 
 BFCL_PACKAGE = Path(importlib.util.find_spec("bfcl_eval").submodule_search_locations[0])
 SITE_PACKAGES = BFCL_PACKAGE.parent
@@ -205,23 +206,29 @@ def test_an_agent_path_that_names_no_agent_fails_with_a_message_saying_so(tmp_pa
 # ---------------------------------------------------------------------------- pure parts
 
 
-@pytest.mark.parametrize("text, expected", [
-    ("oracle", PolicySpec("oracle")), ("noop", PolicySpec("noop")),
-    ("openai:http://127.0.0.1:8000/v1#qwen3", PolicySpec("endpoint", "openai:http://127.0.0.1:8000/v1#qwen3")),
-    ("my_pkg.agents:make_agent", PolicySpec("agent", "my_pkg.agents:make_agent")),
+@pytest.mark.parametrize("text, kind, value", [
+    ("oracle", "oracle", ""), ("noop", "noop", ""),
+    ("openai:http://127.0.0.1:8000/v1#qwen3", "endpoint", "openai:http://127.0.0.1:8000/v1#qwen3"),
+    ("vllm:http://127.0.0.1:8000/v1#qwen3", "endpoint", "vllm:http://127.0.0.1:8000/v1#qwen3"),
+    ("hf:runs/x/final", "hf", "runs/x/final"),
+    ("my_pkg.agents:make_agent", "python", "my_pkg.agents:make_agent"),
 ])
-def test_policy_strings_are_classified_as_builtin_endpoint_or_agent(text, expected):
-    assert parse_policy(text) == expected
+def test_policy_strings_are_classified_by_the_projects_one_spec_grammar(text, kind, value):
+    spec = parse_policy(text)
+    assert (spec.kind, spec.value) == (kind, value)
 
 
 def test_policy_labels_name_the_model_or_attribute():
     assert BfclOptions(policy="openai:http://h:1/v1#Qwen/Qwen3-8B", out=Path(".")).model_name() == "cm2-Qwen3-8B-FC"
     assert BfclOptions(policy="pkg.mod:agent", out=Path("."), mode="prompting").model_name() == "cm2-agent"
+    assert BfclOptions(policy="hf:runs/tiny/grpo/final", out=Path(".")).model_name() == "cm2-final-FC"
 
 
 def test_unknown_policies_and_categories_are_rejected_with_the_choices():
-    with pytest.raises(BfclError, match="module:attribute"):
+    with pytest.raises(SpecError, match="MODULE:ATTRIBUTE"):
         parse_policy("not a policy")
+    with pytest.raises(SpecError, match="'replay' .* cannot be a benchmark policy"):
+        parse_policy("replay")
     with pytest.raises(BfclError, match="multi_turn_base"):
         parse_categories("multi_turn_bsae")
     assert parse_categories("multi_turn_base,multi_turn") == list(MULTI_TURN_CATEGORIES)

@@ -176,11 +176,11 @@ def test_reward_compute_rejects_weights_that_would_put_R_outside_0_1(tmp_path):
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["rollout", "--agent", "gpt-4", "--limit", "1"], "unknown agent spec"),
+    (["rollout", "--agent", "gpt-4", "--limit", "1"], "policy spec 'gpt-4' is not understood"),
     (["rollout", "--agent", "hf:/nonexistent", "--limit", "1"], "not a local model folder"),
     (["rollout", "--dataset", "/no/such.jsonl"], "no such file"),
-    (["rollout", "--judge", "bogus", "--limit", "1"], "choose 'rule'"),
-    (["rollout", "--simulator", "bogus", "--limit", "1"], "choose 'replay'"),
+    (["rollout", "--judge", "bogus", "--limit", "1"], "Fix: use 'rule'"),
+    (["rollout", "--simulator", "bogus", "--limit", "1"], "Fix: use 'replay'"),
     (["rollout", "--agent", "openai:http://127.0.0.1:9/v1", "--limit", "1"], "no model name"),
     (["judge", "eval", "--limit", "0"], "--limit"),
     (["judge", "eval", "--concurrency", "0"], "--concurrency"),
@@ -221,8 +221,10 @@ def test_a_spec_carrying_a_secret_is_rejected_without_printing_the_secret():
 
 
 @pytest.mark.parametrize("kwargs, expected", [
-    ({"judge": None}, "judge must be 'rule'"), ({"judge": 42}, "judge must be 'rule'"),
-    ({"simulator": None}, "simulator must be 'replay'"), ({"strict": "no"}, "strict must be True or False"),
+    ({"judge": None}, r"judge must be a spec string \('rule'"),
+    ({"judge": 42}, r"judge must be a spec string \('rule'"),
+    ({"simulator": None}, r"simulator must be a spec string \('replay'"),
+    ({"strict": "no"}, "strict must be True or False"),
     ({"dataset": ""}, "dataset is empty"),
 ])
 def test_the_env_rejects_bad_construction_arguments_naming_the_valid_choices(kwargs, expected):

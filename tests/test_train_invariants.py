@@ -81,7 +81,7 @@ def test_skip_zero_advantage_drops_episodes_whose_every_advantage_is_zero():
 
 def test_importing_the_environment_package_loads_neither_torch_nor_the_upper_layers():
     code = ("import sys, cm2_env, cm2_env.env, cm2_env.vector, cm2_env.wrappers, cm2_env.judge, cm2_env.simulator, "
-            "cm2_env.reward, cm2_env.llm, cm2_env.data, cm2_env.cli; "
+            "cm2_env.reward, cm2_env.llm, cm2_env.data, cm2_env.cli, cm2_env.specs, cm2_env.backends; "
             "print(sorted(m for m in ('torch', 'transformers', 'agents', 'train', 'benchmarks') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"

@@ -20,7 +20,9 @@ from pathlib import Path
 from typing import Any
 
 from cm2_env.env import INVALID_CALL_POLICIES
+from cm2_env.errors import SpecError
 from cm2_env.reward import ADVANTAGE_LEVELS, F_NORMS, L_MODES
+from cm2_env.specs import choices, parse
 
 SCHEDULES = ("constant", "linear", "cosine")
 BF16_MODES = ("auto", "true", "false")
@@ -178,6 +180,12 @@ class TrainConfig:
             fail("adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas}", "use [0.9, 0.999]")
         if self.sft_epochs <= 0:
             fail("sft_epochs", "must be > 0", "use e.g. 2 (paper)")
+        for name in ("simulator", "judge"):
+            try:
+                parse(getattr(self, name), name)
+            except SpecError as exc:
+                problem, _, fix = str(exc).partition(". Fix: ")
+                fail(name, problem, fix or f"use {choices(name)}")
         try:
             from train.chat_templates import resolve_chat_template
 

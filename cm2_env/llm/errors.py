@@ -7,6 +7,8 @@ many attempts. ``LLMConfigError`` is raised up front for a bad spec string or op
 
 from __future__ import annotations
 
+from cm2_env.errors import SpecError
+
 
 class LLMError(Exception):
     """A chat call failed. ``endpoint`` is the base URL, ``model`` the served model name, ``role`` the client's
@@ -23,8 +25,9 @@ class LLMError(Exception):
         self.reason = reason
 
 
-class LLMConfigError(LLMError, ValueError):
-    """A spec string or client option is invalid (raised by ``make_client``, before any request)."""
+class LLMConfigError(LLMError, SpecError):
+    """A spec string or client option is invalid (raised by ``make_client``, before any request); one of the
+    project's :class:`~cm2_env.errors.SpecError` family."""
 
 
 class LLMStatusError(LLMError):

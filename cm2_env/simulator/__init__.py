@@ -16,9 +16,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from cm2_env.llm.spec import looks_like_llm_spec
 from cm2_env.simulator.base import INVALID_CALL_SOURCES, SimulatorEpisode, ToolResult, ToolSimulator
 from cm2_env.simulator.hybrid import HybridEpisode, HybridToolSimulator, RecordedCall, recorded_calls
+from cm2_env.specs import check_options, parse
 
 __all__ = [
     "INVALID_CALL_SOURCES", "SimulatorEpisode", "ToolResult", "ToolSimulator",
@@ -26,24 +26,23 @@ __all__ = [
 ]
 
 
-SIMULATOR_CHOICES = "'replay' or an LLM spec such as 'openai:http://HOST:PORT/v1#MODEL'"
+_OPTIONS = ("fewshot", "lenient", "sampling", "attempts", "max_example_chars", "llm_options", "client")
 
 
-def make_simulator(spec: Any = "replay", **options: Any) -> ToolSimulator:
-    """A simulator from a spec string or object (see the module docstring)."""
-    if not isinstance(spec, str):
-        if isinstance(spec, ToolSimulator):
-            return spec
-        raise TypeError(f"simulator must be {SIMULATOR_CHOICES} or a ToolSimulator object, got {spec!r}")
+def make_simulator(spec: str | ToolSimulator = "replay", **options: Any) -> ToolSimulator:
+    """A simulator from a spec string (``cm2_env.specs``, role ``simulator``) or object (see the module
+    docstring). A bad spec or option raises ``cm2_env.errors.SpecError``."""
+    if isinstance(spec, ToolSimulator):
+        return spec
+    parsed = parse(spec, "simulator")
+    check_options("simulator", options, _OPTIONS)
     llm_options = dict(options.pop("llm_options", None) or {})
     client = options.pop("client", None)
-    if spec.strip() == "replay":
+    if parsed.kind == "replay":
         return HybridToolSimulator(client, **options)
-    if client is None and not looks_like_llm_spec(spec):
-        raise ValueError(f"unknown simulator {spec!r}; choose {SIMULATOR_CHOICES}")
     owns_client = client is None
     if client is None:
         from cm2_env.llm import make_client
 
-        client = make_client(spec, role="simulator", **llm_options)
+        client = make_client(parsed.value, role="simulator", **llm_options)
     return HybridToolSimulator(client, owns_client=owns_client, **options)
