@@ -41,7 +41,7 @@ from cm2_env.data.io import load_dialogues
 from cm2_env.data.models import Dialogue
 from cm2_env.data.turns import turn_complete
 from cm2_env.episode import VARIANT_MODES, DialoguePlan, EpisodeState, plan_dialogue
-from cm2_env.judge.base import ChecklistJudge, JudgeRequest
+from cm2_env.judge.base import ChecklistJudge, JudgeRequest, judge_all
 from cm2_env.backends import build_backends
 from cm2_env.loop import PrivateLoop
 from cm2_env.render import render_transcript
@@ -362,28 +362,20 @@ class CM2ToolUseEnv(gym.Env[str, str]):
             return passed
         episode.usage["judge_requests"] += len(requests)
         try:
-            if len(requests) == 1:
-                answers = [await self.judge.judge(requests[0][1])]
-            else:
-                answers = await asyncio.gather(*(self.judge.judge(request) for _, request in requests))
+            judgements = await judge_all(self.judge, [request for _, request in requests])
         except Exception as exc:  # noqa: BLE001 - a judge bug or outage fails the episode, never the run
             episode.end("failed", f"judge raised {type(exc).__name__}: {exc}")
             return passed
-        for (k, request), verdicts in zip(requests, answers):
-            sources: dict[str, str] = {}
-            for item in request.items:
-                episode.usage["judged_items"] += 1
-                verdict = verdicts.get(item.id) if isinstance(verdicts, dict) else None
-                if not isinstance(getattr(verdict, "passed", None), bool):
-                    reason = "no verdict" if verdict is None else (getattr(verdict, "error", None) or "undecided verdict")
-                    episode.end("failed", f"judge failed on item {item.id} of turn {episode.turn}: {reason}")
-                    return [{} for _ in turn.variants]
-                source = str(getattr(verdict, "source", "llm"))
+        for (k, request), judgement in zip(requests, judgements):
+            episode.usage["judged_items"] += len(request.items)
+            if judgement.undecided:
+                item_id, reason = next(iter(judgement.undecided.items()))
+                episode.end("failed", f"judge failed on item {item_id} of turn {episode.turn}: {reason}")
+                return [{} for _ in turn.variants]
+            for source in judgement.sources.values():
                 episode.verdict_sources[source] = episode.verdict_sources.get(source, 0) + 1
-                sources[item.id] = source
-                if verdict.passed:
-                    passed[k][item.id] = source
-            turn.note_sources(k, sources)
+            passed[k] = judgement.passed
+            turn.note_sources(k, judgement.sources)
         return passed
 
     def _end_turn(self, episode: EpisodeState) -> tuple[bool, bool]:

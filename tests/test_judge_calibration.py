@@ -127,3 +127,24 @@ def test_the_cli_runs_an_llm_judge_and_reports_its_calls_and_tokens():
     last = json.loads(result.output.strip().splitlines()[-1])
     assert last["usage"]["llm_calls"] == len(server.requests) > 0 and last["usage"]["prompt_tokens"] > 0
     assert last["vote_agreement"] == 1.0 and last["recall"] == 1.0
+
+
+def test_the_calibration_harness_and_the_env_read_a_garbled_judge_answer_the_same_way():
+    """One judging step (judge_all): an answer that decides nothing is an error in calibration and an episode
+    failure in the env, never a pass or a fail."""
+    import gymnasium as gym
+
+    import cm2_env  # noqa: F401 - registers the env
+
+    class GarbledJudge(ScriptedJudge):
+        async def judge(self, request):
+            super_answer = await super().judge(request)
+            return {**super_answer, "C1": Verdict("C1", "yes", "llm")}  # passed is not a bool
+
+    result = asyncio.run(judge_case(GarbledJudge(), _case("g", [REPLY], False, False), DIALOGUE))
+    assert result.passed == {"C0": False, "C1": None} and result.errors == ["undecided verdict"]
+    env = gym.make("CM2ToolUse-v0", dataset=[DIALOGUE], judge=GarbledJudge())
+    env.reset(seed=0)
+    info = env.step("done")[4]
+    assert info["failed"] is True and "judge failed on item C1 of turn 0: undecided verdict" in info["failure"]
+    env.close()

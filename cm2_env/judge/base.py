@@ -9,6 +9,7 @@ then marks the episode failed (the trainer excludes it).
 
 from __future__ import annotations
 
+import asyncio
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol, Sequence, runtime_checkable
 
@@ -68,3 +69,46 @@ class ChecklistJudge(Protocol):
     def usage(self) -> dict[str, Any]:
         """Accounting: requests, LLM calls, tokens, errors (no timings in what the env exposes)."""
         ...
+
+
+@dataclass
+class Judgement:
+    """One request's answer as the environment and the calibration harness both read it: ``passed`` (item id
+    -> the source that passed it), ``sources`` (item id -> source, every decided item), ``decided`` (item id ->
+    its :class:`Verdict`) and ``undecided`` (item id -> why not: a missing verdict, ``passed`` that is not a
+    bool, or the judge's error)."""
+
+    passed: dict[str, str] = field(default_factory=dict)
+    sources: dict[str, str] = field(default_factory=dict)
+    decided: dict[str, Verdict] = field(default_factory=dict)
+    undecided: dict[str, str] = field(default_factory=dict)
+
+
+def read_verdicts(items: Sequence[ChecklistItem], verdicts: Any) -> Judgement:
+    """Read a judge's answer to a request about ``items``: only a :class:`Verdict`-like object whose ``passed``
+    is a bool decides an item; anything else (no entry, ``None``, a non-dict answer) leaves it undecided."""
+    judgement = Judgement()
+    for item in items:
+        verdict = verdicts.get(item.id) if isinstance(verdicts, dict) else None
+        if not isinstance(getattr(verdict, "passed", None), bool):
+            judgement.undecided[item.id] = ("no verdict" if verdict is None
+                                            else getattr(verdict, "error", None) or "undecided verdict")
+            continue
+        source = str(getattr(verdict, "source", "llm"))
+        judgement.decided[item.id] = verdict
+        judgement.sources[item.id] = source
+        if verdict.passed:
+            judgement.passed[item.id] = source
+    return judgement
+
+
+async def judge_all(judge: ChecklistJudge, requests: Sequence[JudgeRequest]) -> list[Judgement]:
+    """Ask ``judge`` every request (concurrently when there are several, e.g. one per checklist variant) and read
+    each answer with :func:`read_verdicts`. This is the one per-action judging step: the environment and the
+    calibration harness both call it on the items that are still pending (satisfaction is sticky). An exception
+    of the judge propagates (the caller decides whether it fails an episode or a case)."""
+    if len(requests) == 1:
+        answers = [await judge.judge(requests[0])]
+    else:
+        answers = await asyncio.gather(*(judge.judge(request) for request in requests))
+    return [read_verdicts(request.items, answer) for request, answer in zip(requests, answers)]

@@ -23,8 +23,9 @@ from typing import Any, Callable, Sequence
 from cm2_env.data.io import DatasetError, Problem, read_records
 from cm2_env.data.models import Dialogue
 from cm2_env.data.turns import split_actions, split_turns
-from cm2_env.judge.base import ChecklistJudge, JudgeRequest
+from cm2_env.judge.base import ChecklistJudge, JudgeRequest, judge_all
 from cm2_env.judge.rule import is_avoid_item
+from cm2_env.reward.incremental import TurnRewardState
 
 
 def bundled_calibration_path() -> Path:
@@ -143,37 +144,34 @@ def case_request_parts(case: CalibrationCase, dialogue: Dialogue) -> tuple[list[
 
 async def judge_case(judge: ChecklistJudge, case: CalibrationCase, dialogue: Dialogue,
                      variant: int = 0) -> CaseResult:
-    """Judge a candidate after each of its actions, asking only about items not yet satisfied."""
+    """Judge a candidate after each of its actions, asking only about items not yet satisfied: the env's sticky
+    judging (``TurnRewardState`` keeps what is satisfied, :func:`judge_all` asks and reads the verdicts)."""
     history, user, actions = case_request_parts(case, dialogue)
     items = list(dialogue.checklist(variant)[case.turn])
-    satisfied: dict[str, int] = {}
+    state = TurnRewardState(items)
     failed: set[str] = set()
     result = CaseResult(case, {}, {})
     for action in actions:
         end = action.step + 1 + len(action.tool_responses)
         current = [user, *case.messages[: end - 1]]
-        pending = [item for item in items if item.id not in satisfied]
+        pending = [item for item in items if item.id not in state.satisfied]
         if not pending:
             break
-        verdicts = await judge.judge(JudgeRequest(dialogue, case.turn, action.index, pending, history, current))
-        for item in pending:
-            verdict = verdicts.get(item.id)
-            if verdict is None or verdict.passed is None:
-                failed.add(item.id)
-                result.errors.append(verdict.error if verdict is not None and verdict.error else "missing verdict")
-                continue
+        [judgement] = await judge_all(judge, [JudgeRequest(dialogue, case.turn, action.index, pending, history,
+                                                           current)])
+        failed.update(judgement.undecided)
+        result.errors.extend(judgement.undecided.values())
+        for item_id, verdict in judgement.decided.items():
             if verdict.source == "llm":
                 result.agreements.append(verdict.agreement)
             confidence = (verdict.details or {}).get("confidence")
             if isinstance(confidence, (int, float)):
-                result.confidence[item.id] = float(confidence)
-            if verdict.passed:
-                satisfied[item.id] = action.index
+                result.confidence[item_id] = float(confidence)
+        state.step(judgement.passed)
     for item in items:
-        if item.id in satisfied:
-            result.passed[item.id], result.first_action[item.id] = True, satisfied[item.id]
-        else:
-            result.passed[item.id], result.first_action[item.id] = (None if item.id in failed else False), None
+        first = state.first_satisfied[item.id]
+        passed = True if first is not None else (None if item.id in failed else False)
+        result.passed[item.id], result.first_action[item.id] = passed, first
     return result
 
 
