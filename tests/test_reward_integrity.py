@@ -341,7 +341,7 @@ def test_the_policy_sees_where_it_is_but_not_how_it_is_scored():
 
 def test_the_interleaved_thinking_template_keeps_earlier_turns_reasoning(tmp_path):
     from tests.support.tiny_models import micro_model_dir
-    from train.config import ConfigError, TrainConfig
+    from train.config import ConfigError, GRPOConfig
     from train.policy import load_tokenizer
 
     path = micro_model_dir(tmp_path, seed=2)
@@ -365,4 +365,4 @@ def test_the_interleaved_thinking_template_keeps_earlier_turns_reasoning(tmp_pat
     assert "EARLIER-REASONING" not in rendered("")
     assert "EARLIER-REASONING" in rendered("interleaved-thinking")
     with pytest.raises(ConfigError, match="chat_template"):
-        TrainConfig(model="m", chat_template="no-such-template").validate()
+        GRPOConfig(model="m", chat_template="no-such-template").validate()

@@ -8,7 +8,7 @@ import pytest
 from cm2_env.data import load_dialogues
 from tests.support.tiny_models import micro_model_dir
 from train.checkpoint import CheckpointError, list_checkpoints, resolve_resume
-from train.config import ConfigError, TrainConfig
+from train.config import ConfigError, GRPOConfig
 from train.grpo import train
 
 
@@ -22,7 +22,7 @@ def config(model_dir, out, **changes):
                   max_new_tokens=6, max_turns=1, max_actions_per_turn=2, learning_rate=1e-3, kl_coef=0.0,
                   checkpoint_interval=1, keep_checkpoints=1, bf16="false", seed=1, progress=False)
     values.update(changes)
-    return TrainConfig(**values).validate()
+    return GRPOConfig(**values).validate()
 
 
 DIALOGUES = load_dialogues("tooltalk")[:1]

@@ -13,7 +13,7 @@ from agents.base import AgentStep
 from agents.rollout import EpisodeResult
 from cm2_env.data import load_dialogues
 from tests.support.tiny_models import micro_model_dir
-from train.config import TrainConfig
+from train.config import GRPOConfig
 from train.grpo import step_seed, train, training_sequences, transformers_agent
 
 
@@ -24,7 +24,7 @@ def model_dir(tmp_path_factory):
 
 @pytest.mark.parametrize("old_logprobs", ["sampler", "recompute"])
 def test_the_first_update_starts_from_ratio_one_and_clips_nothing(model_dir, tmp_path, old_logprobs):
-    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path), steps=1, group_size=4, prompts_per_step=2,
+    config = GRPOConfig(model=str(model_dir), output_dir=str(tmp_path), steps=1, group_size=4, prompts_per_step=2,
                          max_new_tokens=8, max_turns=1, max_actions_per_turn=2, learning_rate=1e-3,
                          entropy_coef=0.01, kl_coef=0.0, ppo_epochs=1, ppo_mini_batches=1, bf16="false", seed=2,
                          old_logprobs=old_logprobs, progress=False).validate()
@@ -41,7 +41,7 @@ def test_the_trainer_samples_with_the_agent_its_factory_builds_from_the_live_pol
         built.append((model, seed, temperature, [p.detach().clone() for p in model.parameters()][:1]))
         return transformers_agent(model, tokenizer, config, seed, temperature)
 
-    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path), steps=2, group_size=4, prompts_per_step=2,
+    config = GRPOConfig(model=str(model_dir), output_dir=str(tmp_path), steps=2, group_size=4, prompts_per_step=2,
                          max_new_tokens=8, max_turns=1, max_actions_per_turn=2, learning_rate=1e-2, kl_coef=0.0,
                          bf16="false", seed=3, progress=False).validate()
     result = train(config, dialogues=load_dialogues("tooltalk")[:2], make_agent=make_agent)

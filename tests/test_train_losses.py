@@ -12,7 +12,7 @@ from agents.base import AgentStep
 from agents.rollout import EpisodeResult
 from agents.token_path import token_logprobs
 from cm2_env.reward import replay_histories
-from train.config import TrainConfig
+from train.config import GRPOConfig
 from train.grpo import action_advantages, training_sequences
 from train.losses import grpo_loss, k3_kl, ppo_clip_terms
 from train.sequences import collate, dialogue_sequences, episode_sequences, micro_batches
@@ -76,18 +76,18 @@ def test_group_advantages_map_onto_a_hand_built_groups_actions_at_every_level():
     ])
     episodes = [_episode("d", g, [step([1], [2])] * n, r) for g, (n, r) in enumerate(zip([3, 1, 0], records))]
 
-    trajectory = action_advantages(episodes, TrainConfig(advantage_level="trajectory", f_norm="none"))
+    trajectory = action_advantages(episodes, GRPOConfig(advantage_level="trajectory", f_norm="none"))
     # R = [1.0, 0.25]; mean 0.625 (the failed rollout is not in the baseline)
     assert trajectory[0] == pytest.approx([0.375] * 3)
     assert trajectory[1] == pytest.approx([-0.375])
     assert trajectory[2] is None
 
-    turn = action_advantages(episodes, TrainConfig(advantage_level="turn", f_norm="none"))
+    turn = action_advantages(episodes, GRPOConfig(advantage_level="turn", f_norm="none"))
     # turn 0: R_0 = [1.0, 0.5] -> +-0.25; turn 1 reached by one rollout only -> 0
     assert turn[0] == pytest.approx([0.25, 0.25, 0.0])
     assert turn[1] == pytest.approx([-0.25])
 
-    steps = action_advantages(episodes, TrainConfig(advantage_level="step", f_norm="none"))
+    steps = action_advantages(episodes, GRPOConfig(advantage_level="step", f_norm="none"))
     # turn 0 baselines: b_C0 = 1, b_C1 = 0.5. Rollout 0: action 1 has E = {C0, C1}: (0.5*0 + 0.5*0.5)/1 = 0.25;
     # action 2 has E = {C1}: 0.5. Turn 1: b_C0 = 0.5 -> 0.5. Rollout 1: action 1, E = {C0, C1}: (0 - 0.25) = -0.25
     assert steps[0] == pytest.approx([0.25, 0.5, 0.5])

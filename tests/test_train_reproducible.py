@@ -15,7 +15,7 @@ from safetensors.torch import load_file
 from cm2_env.data import load_dialogues
 from tests.support.tiny_models import micro_model_dir
 from train.checkpoint import list_checkpoints
-from train.config import TrainConfig
+from train.config import GRPOConfig
 from train.grpo import collect_rollouts, train
 
 
@@ -29,7 +29,7 @@ def config(model_dir, out, **changes):
                   max_new_tokens=10, max_turns=2, max_actions_per_turn=2, learning_rate=1e-3, kl_coef=0.05,
                   entropy_coef=0.01, checkpoint_interval=1, bf16="false", seed=11, progress=False)
     values.update(changes)
-    return TrainConfig(**values).validate()
+    return GRPOConfig(**values).validate()
 
 
 ONE_BY_ONE = {"rollout_concurrency": 1, "max_batch_size": 1}

@@ -12,7 +12,7 @@ from safetensors.torch import load_file
 from cm2_env.data import load_dialogues
 from tests.support.tiny_models import micro_model_dir
 from train.checkpoint import list_checkpoints
-from train.config import TrainConfig
+from train.config import GRPOConfig
 from train.grpo import train
 
 
@@ -27,7 +27,7 @@ def config(model_dir, out, **changes):
                   entropy_coef=0.01, lr_schedule="cosine", warmup_ratio=0.3, checkpoint_interval=1, bf16="false",
                   seed=3, progress=False)
     values.update(changes)
-    return TrainConfig(**values).validate()
+    return GRPOConfig(**values).validate()
 
 
 def test_resuming_from_a_checkpoint_reproduces_the_next_steps_loss(model_dir, tmp_path):

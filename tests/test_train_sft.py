@@ -5,13 +5,15 @@ from __future__ import annotations
 
 import json
 
+from dataclasses import fields
+
 import pytest
 import torch
 from click.testing import CliRunner
 
 from cm2_env.data import load_dialogues
 from tests.support.tiny_models import micro_model_dir
-from train.config import ConfigError, TrainConfig, load_config
+from train.config import ConfigError, GRPOConfig, SFTConfig, load_config, load_sft_config
 from train.policy import load_model, load_tokenizer
 from train.sft import init_special_token_embeddings, run_sft, sft_sequences
 
@@ -42,9 +44,9 @@ def test_sft_sequences_train_on_every_assistant_message_and_only_on_them(model_d
 
 
 def test_sft_lowers_the_assistant_token_loss(model_dir, dialogues, tmp_path):
-    config = TrainConfig(model=str(model_dir), output_dir=str(tmp_path), sft_epochs=6, sft_learning_rate=3e-3,
-                         sft_batch_size=3, sft_warmup_ratio=0.0, sft_lr_schedule="constant", sft_max_length=3072,
-                         bf16="false")
+    config = SFTConfig(model=str(model_dir), output_dir=str(tmp_path / "sft"), epochs=6, learning_rate=3e-3,
+                       batch_size=3, warmup_ratio=0.0, lr_schedule="constant", max_length=3072,
+                       bf16="false")
     result = run_sft(config, dialogues=dialogues)
     assert result.steps == 6
     assert result.losses[-1] < result.losses[0] - 1.0
@@ -86,6 +88,35 @@ def test_config_errors_name_the_file_line_field_and_fix(tmp_path):
         load_config(path)
 
 
+def test_a_run_file_gives_sft_its_own_section_over_the_shared_fields(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: m\nseed: 3\nlearning_rate: 1e-5\noutput_dir: out/grpo\nbf16: false\n"
+                    "sft:\n  epochs: 3\n  learning_rate: 2e-4\n  seed: 5\n")
+    grpo, sft = load_config(path), load_sft_config(path, output_dir=None)
+    assert (grpo.learning_rate, grpo.seed, grpo.output_dir) == (1e-5, 3, "out/grpo")
+    assert (sft.epochs, sft.learning_rate, sft.seed, sft.model, sft.bf16) == (3.0, 2e-4, 5, "m", "false")
+    assert sft.output_dir == "out/grpo/sft" and load_sft_config(path, output_dir="x").output_dir == "x"
+    assert not {"group_size", "kl_coef", "judge"} & {f.name for f in fields(SFTConfig)}
+    assert not {"epochs", "max_length"} & {f.name for f in fields(GRPOConfig)}
+
+
+def test_sft_section_errors_name_the_section_key_and_line_and_old_flat_keys_say_where_they_moved(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: m\nsft_epochs: 2\nsft:\n  epoch: 2\n  batch_size: 0\n  lr_schedule: step\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)  # the GRPO loader checks the SFT section too
+    message = str(error.value)
+    assert "4 problems" in message
+    assert f"{path}:2: field 'sft_epochs' moved to the sft: section. Fix: write `epochs: 2` under `sft:`" in message
+    assert f"{path}:4: unknown field 'sft.epoch'" in message and "did you mean 'sft.epochs'" in message
+    assert f"{path}:5: field 'sft.batch_size': must be at least 1" in message
+    assert f"{path}:6: field 'sft.lr_schedule': 'step' is not one of constant, linear, cosine" in message
+    path.write_text("model: m\nbf16: maybe\nsft:\n  epochs: 1\n")
+    with pytest.raises(ConfigError) as error:  # a shared field is reported once, where it was written
+        load_sft_config(path)
+    assert str(error.value).count("field 'bf16'") == 1 and str(error.value).startswith(f"{path}:2: field 'bf16'")
+
+
 def test_config_reads_yaml_numbers_and_round_trips(tmp_path):
     path = tmp_path / "run.yaml"
     path.write_text("model: m\nlearning_rate: 1e-4\nbf16: true\nadam_betas: [0.9, 0.95]\nsteps: 3\n")
@@ -102,9 +133,8 @@ def test_cm2_sft_trains_from_a_config_file_and_reports_json(model_dir, tmp_path)
     data = tmp_path / "two.jsonl"
     data.write_text("".join(json.dumps(d.to_record()) + "\n" for d in load_dialogues("tooltalk")[:2]))
     config = tmp_path / "sft.yaml"
-    config.write_text(f"model: {model_dir}\ndataset: {data}\nsft_epochs: 1\nsft_batch_size: 2\n"
-                      f"sft_learning_rate: 1.0e-3\nsft_max_length: 3072\noutput_dir: {tmp_path / 'run'}\n"
-                      "sft_init_special_embeddings: true\n")
+    config.write_text(f"model: {model_dir}\ndataset: {data}\noutput_dir: {tmp_path / 'run'}\nsft:\n  epochs: 1\n"
+                      "  batch_size: 2\n  learning_rate: 1.0e-3\n  max_length: 3072\n  init_special_embeddings: true\n")
     result = CliRunner().invoke(main, ["sft", "--config", str(config), "--json"])
     assert result.exit_code == 0, result.output
     summary = json.loads(result.output.strip().splitlines()[-1])

@@ -15,8 +15,8 @@ import pytest
 import yaml
 from click.testing import CliRunner
 
-from train.config import TrainConfig, load_config
-from train.presets import TINY_CPU, preset_config
+from train.config import GRPOConfig, SFTConfig, load_config, load_sft_config
+from train.presets import TINY_CPU, preset_configs
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,14 +39,16 @@ def test_the_quick_tiny_preset_raises_the_mean_checklist_reward_after_grpo(tmp_p
 
 
 def test_configs_tiny_cpu_yaml_shows_exactly_the_preset():
-    config = load_config(REPO / "configs" / "tiny-cpu.yaml")
-    preset = preset_config("tiny-cpu", "runs/tiny-cpu")
-    assert config == preset
-    assert set(TINY_CPU) <= set(yaml.safe_load((REPO / "configs" / "tiny-cpu.yaml").read_text()))
+    path = REPO / "configs" / "tiny-cpu.yaml"
+    assert (load_config(path), load_sft_config(path)) == preset_configs("tiny-cpu", "runs/tiny-cpu")
+    written = yaml.safe_load(path.read_text())
+    assert set(TINY_CPU) <= set(written) and set(TINY_CPU["sft"]) <= set(written["sft"])
 
 
 def test_the_real_run_example_config_loads_and_follows_the_paper():
     config = load_config(REPO / "configs" / "qwen3-8b-grpo.yaml")
-    assert isinstance(config, TrainConfig)
+    assert isinstance(config, GRPOConfig)
     assert (config.group_size, config.learning_rate, config.kl_coef, config.advantage_level) == (48, 3e-6, 0.001, "trajectory")
-    assert (config.sft_epochs, config.sft_learning_rate, config.sft_batch_size) == (2.0, 1e-6, 64)
+    sft = load_sft_config(REPO / "configs" / "qwen3-8b-grpo.yaml")
+    assert isinstance(sft, SFTConfig) and (sft.epochs, sft.learning_rate, sft.batch_size) == (2.0, 1e-6, 64)
+    assert (sft.model, sft.seed, sft.dataset) == (config.model, config.seed, "data/cm2_sft.jsonl")

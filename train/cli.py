@@ -117,15 +117,15 @@ def train(preset: str | None, config_path: str | None, out: str | None, seed: in
 
 @click.command(name="sft")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), required=True, help="YAML config.")
-@click.option("--out", type=click.Path(file_okay=False), default=None, help="Overrides sft_output_dir.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Overrides the sft section's output_dir.")
 @click.option("--json", "as_json", is_flag=True, help="Last stdout line: one JSON object with the results.")
 def sft(config_path: str, out: str | None, as_json: bool) -> None:
     """Cold-start SFT on dialogues (loss on assistant tokens only)."""
-    from train.config import ConfigError, load_config
+    from train.config import ConfigError, load_sft_config
     from train.sft import run_sft
 
     try:
-        config = load_config(config_path, sft_output_dir=out)
+        config = load_sft_config(config_path, output_dir=out)
     except ConfigError as exc:
         _fail(exc)
     console = _console(to_stderr=as_json)

@@ -1,9 +1,12 @@
-"""One training configuration for cold-start SFT and GRPO, loadable from YAML.
+"""The configurations of cold-start SFT and GRPO, loadable from one YAML run file.
 
-Contract: :class:`TrainConfig` holds every knob of a run with a sensible default; :func:`load_config` reads a
-YAML mapping of field names to values and returns a validated config or raises :class:`ConfigError`, whose
-message names the file, the line, the field and how to fix it. :meth:`TrainConfig.validate` checks ranges and
-choices for configs built in code. Fields prefixed ``sft_`` drive ``cm2 sft``; the others drive ``cm2 train``.
+Contract: :class:`GRPOConfig` holds every knob of a GRPO run and :class:`SFTConfig` every knob of cold-start SFT,
+each with a sensible default; both extend :class:`RunConfig`, the knobs they share (model, data, numerics,
+bookkeeping). A run file is a YAML mapping: the shared and GRPO knobs at the top level, SFT's own under
+``sft:`` (where a shared knob may be set again for SFT alone). :func:`load_config` returns the GRPO config of a
+run file and :func:`load_sft_config` its SFT config; both check the whole file and raise one
+:class:`ConfigError` whose message names the file, the line, the field and how to fix it.
+:meth:`RunConfig.validate` checks ranges and choices for configs built in code.
 
 Units: ``learning_rate`` per optimizer step; ``warmup_ratio`` of the total optimizer steps; token budgets in
 tokens; ``checkpoint_interval`` in GRPO steps (one step = one batch of rollouts and its PPO epochs).
@@ -17,7 +20,7 @@ import types
 import typing
 from dataclasses import MISSING, asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cm2_env.env import INVALID_CALL_POLICIES
 from cm2_env.errors import SpecError
@@ -34,14 +37,139 @@ class ConfigError(ValueError):
     """A configuration problem; the message says where (file:line, field) and how to fix it."""
 
 
-@dataclass
-class TrainConfig:
-    """Every hyper-parameter of a run (defaults follow the paper's RL recipe where it has one, docs/method.md)."""
+def _raise(problems: list[str], source: str) -> None:
+    """One ConfigError listing every problem, or nothing when there is none."""
+    if len(problems) == 1:
+        raise ConfigError(problems[0])
+    if problems:
+        raise ConfigError(f"{len(problems)} problems in {source}:\n" + "\n".join(problems))
 
-    # --- model -------------------------------------------------------------------------------------------
+
+@dataclass
+class RunConfig:
+    """The knobs SFT and GRPO share (defaults follow the paper's recipe where it has one, docs/method.md)."""
+
+    # --- model ---------------------------------------------------------------------------------------------
     model: str = ""  # local HF folder (config + weights); required
     tokenizer: str = ""  # local HF folder with a chat template; "" = the model folder
     chat_template: str = ""  # "" = the tokenizer's own | interleaved-thinking (keeps earlier <think>) | a .jinja file
+    bf16: str = "auto"  # autocast bf16: auto = on CUDA devices that support it; true; false
+    # --- data ------------------------------------------------------------------------------------------------
+    dataset: str = "tooltalk"  # bundled name or path to a dialogues JSONL
+    # --- optimizer basics ----------------------------------------------------------------------------------
+    weight_decay: float = 0.0
+    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
+    max_grad_norm: float = 1.0
+    # --- bookkeeping ---------------------------------------------------------------------------------------
+    seed: int = 0
+    num_threads: int = 0  # torch intra-op CPU threads (0 = torch's default); fix it to compare runs bitwise
+    deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable kernels; slower on GPUs)
+    output_dir: str = "runs/grpo"
+    progress: bool = True
+
+    def validate(self, source: str = "<config>", lines: dict[str, int] | None = None,
+                 earlier: list[str] | None = None) -> Any:
+        """Check choices and ranges; raise one :class:`ConfigError` listing every problem (with ``earlier`` ones,
+        e.g. unknown fields), each naming ``source:line``, the field and the fix. Returns ``self``."""
+        _raise(list(earlier or []) + self.problems(source, lines or {}), source)
+        return self
+
+    def problems(self, source: str, lines: dict[str, int], keys: dict[str, str] | None = None) -> list[str]:
+        """Every problem of this config, one line each; ``keys`` maps a field to the key it was written as in
+        the file (``sft.epochs`` for SFT's section), for ``lines`` and the message."""
+        problems: list[str] = []
+
+        def fail(name: str, problem: str, fix: str) -> None:
+            key = (keys or {}).get(name, name)
+            where = f"{source}:{lines[key]}" if key in lines else source
+            problems.append(f"{where}: field {key!r}: {problem}. Fix: {fix}")
+
+        self._check(fail)
+        return problems
+
+    def _check(self, fail: Callable[[str, str, str], None]) -> None:
+        def choice(name: str, allowed: tuple[str, ...]) -> None:
+            value = getattr(self, name)
+            if value not in allowed:
+                fail(name, f"{value!r} is not one of {', '.join(allowed)}", f"set it to one of {', '.join(allowed)}")
+
+        choice("bf16", BF16_MODES)
+        for name in ("num_threads",):
+            if getattr(self, name) < 0:
+                fail(name, f"must be >= 0, got {getattr(self, name)}", "use 0 (default) or a positive integer")
+        for name in ("weight_decay", "max_grad_norm"):
+            if getattr(self, name) < 0:
+                fail(name, f"must be >= 0, got {getattr(self, name)}", "use a non-negative number")
+        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
+            fail("adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas}", "use [0.9, 0.999]")
+        try:
+            from train.chat_templates import resolve_chat_template
+
+            resolve_chat_template(self.chat_template)
+        except ValueError as exc:
+            fail("chat_template", str(exc).split(". Fix:")[0], "use '', 'interleaved-thinking' or a .jinja path")
+        self._check_own(fail, choice)
+
+    def _check_own(self, fail: Callable[[str, str, str], None], choice: Callable[[str, tuple[str, ...]], None]) -> None:
+        """The subclass's own checks."""
+
+    def require_model(self, source: str = "<config>") -> None:
+        if not self.model:
+            raise ConfigError(f"{source}: field 'model' is empty. Fix: set it to a local Hugging Face model folder "
+                              "(config.json + weights + tokenizer), e.g. one built by `python -m train.tiny_model`")
+
+    @property
+    def tokenizer_path(self) -> str:
+        return self.tokenizer or self.model
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def to_yaml(self) -> str:
+        import yaml
+
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def updated(self, **changes: Any) -> Any:
+        """A validated copy with ``changes`` applied (unknown names raise ConfigError)."""
+        unknown = set(changes) - {f.name for f in fields(self)}
+        if unknown:
+            raise ConfigError(f"unknown config field(s) {sorted(unknown)}")
+        return replace(self, **changes).validate()
+
+
+@dataclass
+class SFTConfig(RunConfig):
+    """Cold-start SFT (docs/training.md): the shared knobs plus SFT's own, the ``sft:`` section of a run file."""
+
+    epochs: float = 2.0  # paper: 2
+    learning_rate: float = 1e-6  # paper: 1e-6
+    lr_schedule: str = "cosine"
+    warmup_ratio: float = 0.1
+    batch_size: int = 64  # dialogues per optimizer step (paper: 64)
+    micro_batch_tokens: int = 8192
+    max_length: int = 10240  # dialogues longer than this are cut (tokens)
+    init_special_embeddings: bool = False  # docs/method.md: mean of related word embeddings
+    output_dir: str = "runs/sft"  # in a run file: default <output_dir>/sft
+
+    def _check_own(self, fail: Callable[[str, str, str], None], choice: Callable[[str, tuple[str, ...]], None]) -> None:
+        choice("lr_schedule", SCHEDULES)
+        for name in ("batch_size", "micro_batch_tokens", "max_length"):
+            if getattr(self, name) < 1:
+                fail(name, f"must be at least 1, got {getattr(self, name)}", "use a positive integer")
+        if not 0 < self.learning_rate < 1:
+            fail("learning_rate", f"must be in (0, 1), got {self.learning_rate}", "typical values are 1e-6 .. 1e-3")
+        if not 0 <= self.warmup_ratio < 1:
+            fail("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}", "use a fraction such as 0.1")
+        if self.epochs <= 0:
+            fail("epochs", f"must be > 0, got {self.epochs}", "use e.g. 2 (paper)")
+
+
+@dataclass
+class GRPOConfig(RunConfig):
+    """GRPO with checklist rewards: the shared knobs plus the environment's, GRPO's and evaluation's."""
+
+    # --- model -------------------------------------------------------------------------------------------
     lora: bool = False  # train LoRA adapters (peft) instead of all weights; the reference is the base model
     lora_r: int = 16
     lora_alpha: int = 32
@@ -49,14 +177,12 @@ class TrainConfig:
     lora_target_modules: list[str] = field(
         default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj"])
     gradient_checkpointing: bool = False
-    bf16: str = "auto"  # autocast bf16: auto = on CUDA devices that support it; true; false
 
     # --- data and environment ----------------------------------------------------------------------------
-    dataset: str = "tooltalk"  # bundled name or path to a dialogues JSONL
     dialogue_ids: list[str] = field(default_factory=list)  # train only on these dialogues ([] = all)
     max_dialogues: int = 0  # after dialogue_ids: keep the first N (0 = all)
-    simulator: str = "replay"
-    judge: str = "rule"
+    simulator: str = "replay"  # a simulator spec (docs/architecture.md, "Spec strings")
+    judge: str = "rule"  # a judge spec
     max_turns: int = 30  # reference turns played per episode (released: 30)
     max_actions: int = 30  # agent actions per episode (released: 30 generations per episode)
     max_actions_per_turn: int = 30  # agent actions per turn (cm2's guard; the released code has none)
@@ -78,9 +204,6 @@ class TrainConfig:
     learning_rate: float = 3e-6
     lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
     warmup_ratio: float = 0.0
-    weight_decay: float = 0.0
-    adam_betas: list[float] = field(default_factory=lambda: [0.9, 0.999])
-    max_grad_norm: float = 1.0
     kl_coef: float = 0.001  # k3 KL loss against a frozen reference; 0 = no reference model
     loss_aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (losses.py)
     clip_range: float = 0.2  # PPO clip epsilon (lower side)
@@ -99,74 +222,35 @@ class TrainConfig:
     eval_temperature: float = 0.0  # 0 = greedy
     eval_max_turns: int = 0  # 0 = max_turns
 
-    # --- cold-start SFT -----------------------------------------------------------------------------------
-    sft_dataset: str = ""  # "" = dataset
-    sft_epochs: float = 2.0  # paper: 2
-    sft_learning_rate: float = 1e-6  # paper: 1e-6
-    sft_lr_schedule: str = "cosine"
-    sft_warmup_ratio: float = 0.1
-    sft_batch_size: int = 64  # dialogues per optimizer step (paper: 64)
-    sft_micro_batch_tokens: int = 8192
-    sft_max_length: int = 10240  # dialogues longer than this are cut (tokens)
-    sft_init_special_embeddings: bool = False  # docs/method.md: mean of related word embeddings
-    sft_output_dir: str = ""  # "" = <output_dir>/sft
-
     # --- bookkeeping ---------------------------------------------------------------------------------------
-    seed: int = 0
-    num_threads: int = 0  # torch intra-op CPU threads (0 = torch's default); fix it to compare runs bitwise
-    deterministic: bool = False  # torch.use_deterministic_algorithms (bitwise-repeatable kernels; slower on GPUs)
-    output_dir: str = "runs/grpo"
     checkpoint_interval: int = 50  # GRPO steps between checkpoints (0 = only at the end)
     keep_checkpoints: int = 2
     resume: str = ""  # "" = start fresh; "auto" = latest checkpoint in output_dir; or a checkpoint folder
     tensorboard: bool = False
-    progress: bool = True
 
-    def validate(self, source: str = "<config>", lines: dict[str, int] | None = None,
-                 earlier: list[str] | None = None) -> "TrainConfig":
-        """Check choices and ranges; raise one :class:`ConfigError` listing every problem (with ``earlier`` ones,
-        e.g. unknown fields), each naming ``source:line``, the field and the fix."""
-        lines = lines or {}
-        problems = list(earlier or [])
-
-        def fail(name: str, problem: str, fix: str) -> None:
-            where = f"{source}:{lines[name]}" if name in lines else source
-            problems.append(f"{where}: field {name!r}: {problem}. Fix: {fix}")
-
-        def choice(name: str, allowed: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                fail(name, f"{value!r} is not one of {', '.join(allowed)}", f"set it to one of {', '.join(allowed)}")
-
+    def _check_own(self, fail: Callable[[str, str, str], None], choice: Callable[[str, tuple[str, ...]], None]) -> None:
         choice("advantage_level", ADVANTAGE_LEVELS)
         choice("f_norm", F_NORMS)
         choice("normaliser", L_MODES)
         choice("lr_schedule", SCHEDULES)
-        choice("sft_lr_schedule", SCHEDULES)
-        choice("bf16", BF16_MODES)
         choice("old_logprobs", OLD_LOGPROBS)
         choice("loss_aggregation", LOSS_AGGREGATIONS)
         choice("invalid_call_policy", INVALID_CALL_POLICIES)
         for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "ppo_epochs", "ppo_mini_batches",
                      "micro_batch_tokens", "max_turns", "max_actions", "max_actions_per_turn", "max_prompt_tokens",
-                     "max_batch_size", "eval_samples",
-                     "sft_batch_size", "sft_micro_batch_tokens", "sft_max_length", "keep_checkpoints", "lora_r"):
+                     "max_batch_size", "eval_samples", "keep_checkpoints", "lora_r"):
             if getattr(self, name) < 1:
                 fail(name, f"must be at least 1, got {getattr(self, name)}", "use a positive integer")
-        for name in ("rollout_concurrency", "eval_dialogues", "eval_max_turns", "checkpoint_interval", "max_dialogues",
-                     "num_threads"):
+        for name in ("rollout_concurrency", "eval_dialogues", "eval_max_turns", "checkpoint_interval", "max_dialogues"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0, got {getattr(self, name)}", "use 0 (default) or a positive integer")
-        for name in ("learning_rate", "sft_learning_rate"):
-            if not 0 < getattr(self, name) < 1:
-                fail(name, f"must be in (0, 1), got {getattr(self, name)}", "typical values are 1e-6 .. 1e-3")
-        for name in ("kl_coef", "entropy_coef", "weight_decay", "clip_range_high", "max_grad_norm", "eval_temperature",
-                     "lora_dropout", "sft_epochs"):
+        if not 0 < self.learning_rate < 1:
+            fail("learning_rate", f"must be in (0, 1), got {self.learning_rate}", "typical values are 1e-6 .. 1e-3")
+        for name in ("kl_coef", "entropy_coef", "clip_range_high", "eval_temperature", "lora_dropout"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0, got {getattr(self, name)}", "use a non-negative number")
-        for name in ("warmup_ratio", "sft_warmup_ratio"):
-            if not 0 <= getattr(self, name) < 1:
-                fail(name, f"must be in [0, 1), got {getattr(self, name)}", "use a fraction such as 0.1")
+        if not 0 <= self.warmup_ratio < 1:
+            fail("warmup_ratio", f"must be in [0, 1), got {self.warmup_ratio}", "use a fraction such as 0.1")
         if not 0 < self.clip_range < 1:
             fail("clip_range", f"must be in (0, 1), got {self.clip_range}", "the paper's recipe uses 0.2")
         if self.temperature <= 0:
@@ -176,59 +260,18 @@ class TrainConfig:
         if self.group_size < 2:
             fail("group_size", f"GRPO needs at least 2 rollouts per dialogue, got {self.group_size}",
                  "use 8 or more (paper: 24 or 48)")
-        if len(self.adam_betas) != 2 or not all(0 <= b < 1 for b in self.adam_betas):
-            fail("adam_betas", f"must be two numbers in [0, 1), got {self.adam_betas}", "use [0.9, 0.999]")
-        if self.sft_epochs <= 0:
-            fail("sft_epochs", "must be > 0", "use e.g. 2 (paper)")
         for name in ("simulator", "judge"):
             try:
                 parse(getattr(self, name), name)
             except SpecError as exc:
                 problem, _, fix = str(exc).partition(". Fix: ")
                 fail(name, problem, fix or f"use {choices(name)}")
-        try:
-            from train.chat_templates import resolve_chat_template
-
-            resolve_chat_template(self.chat_template)
-        except ValueError as exc:
-            fail("chat_template", str(exc).split(". Fix:")[0], "use '', 'interleaved-thinking' or a .jinja path")
-        if len(problems) == 1:
-            raise ConfigError(problems[0])
-        if problems:
-            raise ConfigError(f"{len(problems)} problems in {source}:\n" + "\n".join(problems))
-        return self
-
-    def require_model(self, source: str = "<config>") -> None:
-        if not self.model:
-            raise ConfigError(f"{source}: field 'model' is empty. Fix: set it to a local Hugging Face model folder "
-                              "(config.json + weights + tokenizer), e.g. one built by `python -m train.tiny_model`")
-
-    @property
-    def tokenizer_path(self) -> str:
-        return self.tokenizer or self.model
-
-    @property
-    def sft_dir(self) -> Path:
-        return Path(self.sft_output_dir or Path(self.output_dir) / "sft")
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
-
-    def to_yaml(self) -> str:
-        import yaml
-
-        return yaml.safe_dump(self.to_dict(), sort_keys=False)
-
-    def updated(self, **changes: Any) -> "TrainConfig":
-        """A validated copy with ``changes`` applied (unknown names raise ConfigError)."""
-        unknown = set(changes) - {f.name for f in fields(self)}
-        if unknown:
-            raise ConfigError(f"unknown config field(s) {sorted(unknown)}")
-        return replace(self, **changes).validate()
 
 
-def field_names() -> list[str]:
-    return [f.name for f in fields(TrainConfig)]
+#: The fields of each part of a run file: shared (top level), GRPO's (top level), SFT's own (``sft:``).
+SHARED_FIELDS = tuple(f.name for f in fields(RunConfig))
+GRPO_FIELDS = tuple(f.name for f in fields(GRPOConfig))
+SFT_FIELDS = tuple(f.name for f in fields(SFTConfig))
 
 
 def _type_ok(value: Any, annotation: Any) -> bool:
@@ -262,7 +305,8 @@ def _type_name(annotation: Any) -> str:
 
 
 def _field_lines(text: str) -> dict[str, int]:
-    """1-based line of each top-level key of a YAML mapping (for error messages)."""
+    """1-based line of each top-level key of a YAML mapping, and of each key of its ``sft:`` section as
+    ``sft.KEY`` (for error messages)."""
     import yaml
 
     try:
@@ -271,27 +315,34 @@ def _field_lines(text: str) -> dict[str, int]:
         return {}
     if not isinstance(node, yaml.MappingNode):
         return {}
-    return {key.value: key.start_mark.line + 1 for key, _ in node.value if isinstance(key, yaml.ScalarNode)}
+    lines: dict[str, int] = {}
+    for key, value in node.value:
+        if isinstance(key, yaml.ScalarNode):
+            lines[key.value] = key.start_mark.line + 1
+            if key.value == "sft" and isinstance(value, yaml.MappingNode):
+                lines.update({f"sft.{k.value}": k.start_mark.line + 1 for k, _ in value.value
+                              if isinstance(k, yaml.ScalarNode)})
+    return lines
 
 
-def config_from_mapping(data: Any, source: str = "<config>", lines: dict[str, int] | None = None) -> TrainConfig:
-    """Build a validated config from a mapping of field names to values."""
-    lines = lines or {}
-    if data is None:
-        data = {}
-    if not isinstance(data, dict):
-        raise ConfigError(f"{source}: a config is a mapping of field names to values, got {type(data).__name__}. "
-                          "Fix: write `name: value` lines at the top level")
-    known = {f.name: f for f in fields(TrainConfig)}
-    hints = typing.get_type_hints(TrainConfig)  # resolves the postponed annotations
+def _typed_values(cls: type, data: dict[str, Any], allowed: tuple[str, ...], prefix: str, source: str,
+                  lines: dict[str, int], problems: list[str]) -> dict[str, Any]:
+    """The entries of ``data`` that are fields of ``cls`` named in ``allowed``, read as their types; every other
+    entry, or a value of the wrong type, adds a problem naming ``source:line``, the key and the fix."""
+    known = {f.name: f for f in fields(cls)}
+    hints = typing.get_type_hints(cls)  # resolves the postponed annotations
     values = {}
-    problems: list[str] = []
     for name, value in data.items():
-        where = f"{source}:{lines[name]}" if name in lines else source
-        if name not in known:
-            close = difflib.get_close_matches(str(name), known, n=1)
-            hint = f"did you mean {close[0]!r}?" if close else "see docs/training.md for the list of fields"
-            problems.append(f"{where}: unknown field {name!r}. Fix: remove it or rename it ({hint})")
+        key = prefix + str(name)
+        where = f"{source}:{lines[key]}" if key in lines else source
+        if name not in allowed:
+            if prefix == "" and str(name).startswith("sft_") and str(name)[4:] in SFT_FIELDS:
+                problems.append(f"{where}: field {key!r} moved to the sft: section. Fix: write `{str(name)[4:]}: "
+                                f"{json.dumps(value)}` under `sft:`")
+                continue
+            close = difflib.get_close_matches(str(name), allowed, n=1)
+            hint = f"did you mean {prefix + close[0]!r}?" if close else "see docs/training.md for the list of fields"
+            problems.append(f"{where}: unknown field {key!r}. Fix: remove it or rename it ({hint})")
             continue
         f = known[name]
         # YAML reads `bf16: true` as a bool; the field is a three-way choice
@@ -303,15 +354,49 @@ def config_from_mapping(data: Any, source: str = "<config>", lines: dict[str, in
             value = int(value)
         if not _type_ok(value, hints[name]):
             default = f.default if f.default is not MISSING else f.default_factory()  # type: ignore[misc]
-            problems.append(f"{where}: field {name!r} must be of type {_type_name(hints[name])}, got "
+            problems.append(f"{where}: field {key!r} must be of type {_type_name(hints[name])}, got "
                             f"{json.dumps(value)} ({type(value).__name__}). Fix: e.g. `{name}: {json.dumps(default)}`")
             continue
         values[name] = value
-    return TrainConfig(**values).validate(source, lines, earlier=problems)
+    return values
 
 
-def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
-    """Read a YAML config file; ``overrides`` (e.g. from the command line) win over the file."""
+def configs_from_mapping(data: Any, source: str = "<config>", lines: dict[str, int] | None = None, *,
+                         overrides: dict[str, Any] | None = None,
+                         sft_overrides: dict[str, Any] | None = None) -> tuple[GRPOConfig, SFTConfig]:
+    """The validated GRPO and SFT configs of a run mapping (module docstring); ``overrides`` (top level) and
+    ``sft_overrides`` (SFT section) win over the mapping where they are not None. Raises one ConfigError
+    listing every problem of both."""
+    lines = lines or {}
+    if data is None:
+        data = {}
+    if not isinstance(data, dict):
+        raise ConfigError(f"{source}: a config is a mapping of field names to values, got {type(data).__name__}. "
+                          "Fix: write `name: value` lines at the top level")
+    data = dict(data)
+    section = data.pop("sft", None)
+    problems: list[str] = []
+    if section is None:
+        section = {}
+    elif not isinstance(section, dict):
+        where = f"{source}:{lines['sft']}" if "sft" in lines else source
+        problems.append(f"{where}: field 'sft' must be a mapping of SFT fields, got {type(section).__name__}. Fix: "
+                        "indent `epochs: 2` and the other SFT fields under `sft:`")
+        section = {}
+    top = _typed_values(GRPOConfig, data, GRPO_FIELDS, "", source, lines, problems)
+    own = _typed_values(SFTConfig, section, SFT_FIELDS, "sft.", source, lines, problems)
+    top.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    own.update({k: v for k, v in (sft_overrides or {}).items() if v is not None})
+    grpo = GRPOConfig(**top)
+    shared = {name: value for name, value in top.items() if name in SHARED_FIELDS}
+    sft = SFTConfig(**{**shared, "output_dir": str(Path(grpo.output_dir) / "sft"), **own})
+    problems += grpo.problems(source, lines)
+    problems += [p for p in sft.problems(source, lines, {name: "sft." + name for name in own}) if p not in problems]
+    _raise(problems, source)
+    return grpo, sft
+
+
+def _load(path: str | Path, overrides: dict[str, Any], sft_overrides: dict[str, Any]) -> tuple[GRPOConfig, SFTConfig]:
     import yaml
 
     path = Path(path)
@@ -325,8 +410,16 @@ def load_config(path: str | Path, **overrides: Any) -> TrainConfig:
         line = f":{mark.line + 1}" if mark is not None else ""
         raise ConfigError(f"{path}{line}: invalid YAML ({getattr(exc, 'problem', exc)}). Fix: check indentation "
                           "and quoting on that line") from None
-    data = dict(data or {}) if isinstance(data, dict) or data is None else data
-    if isinstance(data, dict):
-        data.update({k: v for k, v in overrides.items() if v is not None})
-    return config_from_mapping(data, str(path), _field_lines(text))
+    return configs_from_mapping(data, str(path), _field_lines(text), overrides=overrides, sft_overrides=sft_overrides)
 
+
+def load_config(path: str | Path, **overrides: Any) -> GRPOConfig:
+    """The GRPO config of a YAML run file; ``overrides`` (e.g. from the command line) win over the file. The
+    file's ``sft:`` section is checked too."""
+    return _load(path, overrides, {})[0]
+
+
+def load_sft_config(path: str | Path, **overrides: Any) -> SFTConfig:
+    """The SFT config of a YAML run file: its shared top-level fields with its ``sft:`` section over them;
+    ``overrides`` win over both. The GRPO part of the file is checked too."""
+    return _load(path, {}, overrides)[1]

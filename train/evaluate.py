@@ -11,11 +11,11 @@ from __future__ import annotations
 
 from typing import Any, Sequence
 
-from train.config import TrainConfig
+from train.config import GRPOConfig
 from train.grpo import AgentFactory, collect_rollouts, transformers_agent
 
 
-def measure_reward(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: TrainConfig, *, seed: int = 0,
+def measure_reward(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: GRPOConfig, *, seed: int = 0,
                    samples: int | None = None, temperature: float | None = None,
                    make_agent: AgentFactory = transformers_agent) -> dict[str, Any]:
     """Mean checklist reward of ``model`` on ``dialogues`` (see the module docstring); ``make_agent`` builds the

@@ -2,7 +2,7 @@
 
 config -> rollout -> advantages -> loss -> update -> log, repeated ``config.steps`` times:
 
-1. **config**: :class:`train.config.TrainConfig` (YAML); the policy is a local transformers model.
+1. **config**: :class:`train.config.GRPOConfig` (YAML); the policy is a local transformers model.
 2. **rollout**: for ``prompts_per_step`` dialogues, ``group_size`` episodes each run concurrently in
    CM2ToolUse-v0 (simulator + judge) with :class:`agents.TransformersAgent`, which batches generation across the
    episodes and records every action's prompt ids, completion ids and sampling logprobs.
@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from agents.token_path import eos_token_id, pad_token_id
-from train.config import TrainConfig
+from train.config import GRPOConfig
 from train.losses import grpo_loss, sequence_token_weights
 from train.policy import (ReferencePolicy, add_lora, configure_torch, forward_micro_batches, load_model,
                           load_tokenizer, make_optimizer, make_scheduler, model_device, use_bf16)
@@ -44,7 +44,7 @@ from train.sequences import TokenSequence, episode_sequences, epoch_order
 # ---------------------------------------------------------------------------------------------------------
 
 
-def select_dialogues(dialogues: Sequence[Any], config: TrainConfig) -> list[Any]:
+def select_dialogues(dialogues: Sequence[Any], config: GRPOConfig) -> list[Any]:
     """The training dialogues: those named in ``dialogue_ids`` (in that order) or all, cut to ``max_dialogues``."""
     if config.dialogue_ids:
         by_id = {d.id: d for d in dialogues}
@@ -77,7 +77,7 @@ def step_seed(seed: int, step: int) -> int:
 # ---------------------------------------------------------------------------------------------------------
 
 
-def env_kwargs(config: TrainConfig, max_turns: int | None = None) -> dict[str, Any]:
+def env_kwargs(config: GRPOConfig, max_turns: int | None = None) -> dict[str, Any]:
     return {
         "simulator": config.simulator,
         "judge": config.judge,
@@ -93,10 +93,10 @@ def env_kwargs(config: TrainConfig, max_turns: int | None = None) -> dict[str, A
 #: agent must record every action's prompt ids, completion ids and sampling logprobs (``agents.AgentStep``) and
 #: sample from ``model``'s current weights; :func:`transformers_agent` is the default, and another sampler (a
 #: vLLM engine that syncs the weights first) drops in here without changes to the loop.
-AgentFactory = Callable[[Any, Any, TrainConfig, int, float], Any]
+AgentFactory = Callable[[Any, Any, GRPOConfig, int, float], Any]
 
 
-def transformers_agent(model: Any, tokenizer: Any, config: TrainConfig, seed: int, temperature: float) -> Any:
+def transformers_agent(model: Any, tokenizer: Any, config: GRPOConfig, seed: int, temperature: float) -> Any:
     """The default :data:`AgentFactory`: :class:`agents.TransformersAgent` on the model being trained."""
     from agents import TransformersAgent
 
@@ -105,7 +105,7 @@ def transformers_agent(model: Any, tokenizer: Any, config: TrainConfig, seed: in
                              max_prompt_tokens=config.max_prompt_tokens)
 
 
-def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: TrainConfig, *, seed: int,
+def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: GRPOConfig, *, seed: int,
                      group_size: int, temperature: float, max_turns: int | None = None,
                      make_agent: AgentFactory = transformers_agent) -> list[Any]:
     """``group_size`` episodes per dialogue, all concurrent, with the agent ``make_agent`` builds (generation
@@ -123,7 +123,7 @@ def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], confi
 # ---------------------------------------------------------------------------------------------------------
 
 
-def action_advantages(episodes: Sequence[Any], config: TrainConfig) -> list[list[float] | None]:
+def action_advantages(episodes: Sequence[Any], config: GRPOConfig) -> list[list[float] | None]:
     """Per episode, one advantage per action at ``config.advantage_level`` (None for a failed episode).
 
     Episodes are grouped by dialogue id; each group's reward records -- what the environment computed and paid
@@ -175,7 +175,7 @@ def training_sequences(episodes: Sequence[Any], advantages: Sequence[list[float]
 
 
 @torch.no_grad()
-def fill_logprobs(model: Any, sequences: Sequence[TokenSequence], attribute: str, config: TrainConfig,
+def fill_logprobs(model: Any, sequences: Sequence[TokenSequence], attribute: str, config: GRPOConfig,
                   pad_id: int, bf16: bool) -> None:
     """Set ``sequence.<attribute>`` (a list aligned with input_ids) to ``model``'s logprobs on loss tokens."""
     for indices, _, logprobs, _ in forward_micro_batches(model, sequences, config.micro_batch_tokens, pad_id, bf16,
@@ -206,7 +206,7 @@ class UpdateStats:
     losses: list[float] = field(default_factory=list)
 
 
-def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[TokenSequence], config: TrainConfig,
+def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[TokenSequence], config: GRPOConfig,
                pad_id: int, bf16: bool, generator: torch.Generator) -> UpdateStats:
     """``ppo_epochs`` x ``ppo_mini_batches`` optimizer steps on the token-mean GRPO loss (see train.losses)."""
     stats = UpdateStats()
@@ -236,7 +236,7 @@ def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[T
     return stats
 
 
-def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: TrainConfig, pad_id: int,
+def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: GRPOConfig, pad_id: int,
                          bf16: bool) -> UpdateStats:
     """Backpropagate one mini-batch's loss (tokens weighted by ``config.loss_aggregation``), micro-batch by
     micro-batch; return its loss terms (``first_loss`` = the mini-batch's loss)."""
@@ -329,7 +329,7 @@ class GRPOResult:
     seconds: float
 
 
-def build_policy(config: TrainConfig) -> tuple[Any, Any, ReferencePolicy | None]:
+def build_policy(config: GRPOConfig) -> tuple[Any, Any, ReferencePolicy | None]:
     """(policy, tokenizer, frozen reference or None when kl_coef == 0), on CUDA when available."""
     config.require_model()
     tokenizer = load_tokenizer(config.tokenizer_path, config.chat_template)
@@ -343,7 +343,7 @@ def build_policy(config: TrainConfig) -> tuple[Any, Any, ReferencePolicy | None]
     return policy, tokenizer, reference
 
 
-def train(config: TrainConfig, *, dialogues: Sequence[Any] | None = None, max_steps: int | None = None,
+def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_steps: int | None = None,
           on_step: Callable[[int, dict[str, Any]], None] | None = None, save_final: bool = True,
           overwrite: bool = False, make_agent: AgentFactory = transformers_agent) -> GRPOResult:
     """Run (or resume) GRPO as configured. ``max_steps`` stops early after that many steps of this call (the

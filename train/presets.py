@@ -26,18 +26,21 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from train.config import TrainConfig
+from train.config import GRPOConfig, SFTConfig, configs_from_mapping
 
-#: The tiny-cpu preset (``configs/tiny-cpu.yaml`` shows the same values; a test keeps them in sync).
+#: The tiny-cpu preset, as a run file holds it (``configs/tiny-cpu.yaml`` shows the same values; a test keeps
+#: them in sync).
 TINY_CPU: dict[str, Any] = {
     # SFT: ~16 passes over the 78 dialogues (about 600 tokens each with the tiny cross-word tokenizer)
-    "sft_epochs": 16.0,
-    "sft_learning_rate": 2e-3,
-    "sft_lr_schedule": "cosine",
-    "sft_warmup_ratio": 0.05,
-    "sft_batch_size": 4,
-    "sft_micro_batch_tokens": 3400,
-    "sft_max_length": 4096,
+    "sft": {
+        "epochs": 16.0,
+        "learning_rate": 2e-3,
+        "lr_schedule": "cosine",
+        "warmup_ratio": 0.05,
+        "batch_size": 4,
+        "micro_batch_tokens": 3400,
+        "max_length": 4096,
+    },
     # environment: the first turn of the first 8 dialogues (turn 0 has at most 2 reference actions)
     "max_dialogues": 8,
     "max_turns": 1,
@@ -82,8 +85,7 @@ TINY_CPU_QUICK: dict[str, Any] = {
     "max_dialogues": 0,
     "eval_dialogues": 4,
     "eval_samples": 16,
-    "sft_epochs": 40.0,
-    "sft_batch_size": 2,
+    "sft": {**TINY_CPU["sft"], "epochs": 40.0, "batch_size": 2},
     # a smaller learning rate over more steps, and every sequence weighing the same: measured over seeds and CPU
     # kernels, the rise is then reliable (docs/training.md, "The learning test")
     "steps": 16,
@@ -97,14 +99,15 @@ PRESETS: dict[str, dict[str, Any]] = {"tiny-cpu": TINY_CPU, "tiny-cpu-quick": TI
 PIPELINES: dict[str, dict[str, Any]] = {"tiny-cpu": {"sft_on": "all"}, "tiny-cpu-quick": {"sft_on": "train"}}
 
 
-def preset_config(name: str, out: str | Path, seed: int = 0, **overrides: Any) -> TrainConfig:
-    """The TrainConfig of a preset, writing under ``out``; ``overrides`` replace preset values."""
+def preset_configs(name: str, out: str | Path, seed: int = 0, **overrides: Any) -> tuple[GRPOConfig, SFTConfig]:
+    """The GRPO and SFT configs of a preset, writing under ``out`` (GRPO from ``out/model``; the pipeline points
+    it at the SFT model). ``overrides`` replace top-level preset values; ``sft={...}`` replaces SFT values."""
     if name not in PRESETS:
         raise ValueError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
     out = Path(out)
-    values = {**PRESETS[name], **overrides}
-    return TrainConfig(model=str(out / "model"), output_dir=str(out / "grpo"), sft_output_dir=str(out / "sft"),
-                       seed=seed, **values).validate(f"preset {name}")
+    values = {**PRESETS[name], **overrides, "sft": {**PRESETS[name]["sft"], **overrides.get("sft", {})}}
+    values.update(model=str(out / "model"), output_dir=str(out / "grpo"), seed=seed)
+    return configs_from_mapping(values, f"preset {name}", sft_overrides={"output_dir": str(out / "sft")})
 
 
 Phase = Callable[[str, int, int, dict[str, Any]], None]  # (phase, done, total, info) -> None
@@ -130,7 +133,7 @@ def run_tiny_cpu(out: str | Path, seed: int = 0, preset: str = "tiny-cpu", on_pr
     timings: dict[str, float] = {}
     cpu: dict[str, float] = {}  # process CPU seconds: on a shared machine, wall time alone misleads
     out = Path(out)
-    config = preset_config(preset, out, seed, **overrides)
+    config, sft_config = preset_configs(preset, out, seed, **overrides)
     configure_torch(config)
 
     def phase(name: str) -> Callable[[], None]:
@@ -152,7 +155,7 @@ def run_tiny_cpu(out: str | Path, seed: int = 0, preset: str = "tiny-cpu", on_pr
     train_dialogues = select_dialogues(all_dialogues, config)
     done = phase("sft_s")
     sft_dialogues = train_dialogues if PIPELINES[preset]["sft_on"] == "train" else all_dialogues
-    sft = run_sft(config, dialogues=sft_dialogues, on_step=lambda s, n, loss: report("sft", s, n, {"loss": loss}))
+    sft = run_sft(sft_config, dialogues=sft_dialogues, on_step=lambda s, n, loss: report("sft", s, n, {"loss": loss}))
     done()
 
     eval_dialogues = train_dialogues[: config.eval_dialogues or len(train_dialogues)]
@@ -163,7 +166,7 @@ def run_tiny_cpu(out: str | Path, seed: int = 0, preset: str = "tiny-cpu", on_pr
     done()
     report("eval before", 1, 1, {"reward": before["mean_reward"]})
 
-    grpo_config = config.updated(model=str(config.sft_dir))
+    grpo_config = config.updated(model=sft_config.output_dir)
     done = phase("grpo_s")
     result = train(grpo_config, dialogues=all_dialogues, overwrite=True,
                    on_step=lambda s, r: report("grpo", s, grpo_config.steps, {"reward": r.get("reward/mean")}))

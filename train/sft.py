@@ -2,11 +2,12 @@
 
 Contract of :func:`run_sft`: tokenise every dialogue with the tokenizer's chat template (tools included), build
 exact assistant-token masks by rendering prefixes (:func:`train.sequences.dialogue_sequences`), train with AdamW
-and a warmup + cosine/linear/constant schedule for ``sft_epochs`` epochs (fractions allowed) over batches of
-``sft_batch_size`` sequences (token-mean loss per batch, gradient accumulation in micro-batches of at most
-``sft_micro_batch_tokens`` padded tokens), log the loss per optimizer step and save model + tokenizer to
-``config.sft_dir``. Optionally first initialise the embeddings of the markup tokens as the mean of related word
-embeddings, as the paper does for its base model (:func:`init_special_token_embeddings`).
+and a warmup + cosine/linear/constant schedule for ``epochs`` epochs (fractions allowed) over batches of
+``batch_size`` sequences (token-mean loss per batch, gradient accumulation in micro-batches of at most
+``micro_batch_tokens`` padded tokens), log the loss per optimizer step and save model + tokenizer to
+``config.output_dir`` (:class:`train.config.SFTConfig`). Optionally first initialise the embeddings of the markup
+tokens as the mean of related word embeddings, as the paper does for its base model
+(:func:`init_special_token_embeddings`).
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ from typing import Any, Callable, Sequence
 import torch
 
 from agents.token_path import eos_token_id, pad_token_id
-from train.config import TrainConfig
+from train.config import SFTConfig
 from train.metrics import MetricsLogger
 from train.policy import (configure_torch, forward_micro_batches, load_model, load_tokenizer,
                           make_optimizer, make_scheduler, model_device, use_bf16)
@@ -105,7 +106,7 @@ class SFTResult:
 
 
 def run_sft(
-    config: TrainConfig,
+    config: SFTConfig,
     *,
     model: Any = None,
     tokenizer: Any = None,
@@ -126,19 +127,19 @@ def run_sft(
         config.require_model()
         model = load_model(config.model, "cuda" if torch.cuda.is_available() else "cpu")
     if dialogues is None:
-        dialogues = load_dialogues(config.sft_dataset or config.dataset)
-    initialised = init_special_token_embeddings(model, tokenizer) if config.sft_init_special_embeddings else {}
-    sequences = sft_sequences(dialogues, tokenizer, config.sft_max_length)
+        dialogues = load_dialogues(config.dataset)
+    initialised = init_special_token_embeddings(model, tokenizer) if config.init_special_embeddings else {}
+    sequences = sft_sequences(dialogues, tokenizer, config.max_length)
     if not sequences:
         raise ValueError(f"no SFT sequences: the dialogues have no assistant messages within the first "
-                         f"sft_max_length={config.sft_max_length} tokens. Fix: raise sft_max_length")
-    batch_size = min(config.sft_batch_size, len(sequences))
-    total_steps = max(1, math.ceil(config.sft_epochs * len(sequences) / batch_size))
-    optimizer = make_optimizer(model, config.sft_learning_rate, config.weight_decay, config.adam_betas)
-    scheduler = make_scheduler(optimizer, total_steps, config.sft_warmup_ratio, config.sft_lr_schedule)
+                         f"max_length={config.max_length} tokens. Fix: raise the sft section's max_length")
+    batch_size = min(config.batch_size, len(sequences))
+    total_steps = max(1, math.ceil(config.epochs * len(sequences) / batch_size))
+    optimizer = make_optimizer(model, config.learning_rate, config.weight_decay, config.adam_betas)
+    scheduler = make_scheduler(optimizer, total_steps, config.warmup_ratio, config.lr_schedule)
     bf16 = use_bf16(config.bf16, model_device(model))
     pad = pad_token_id(tokenizer)
-    out_dir = config.sft_dir if save else None
+    out_dir = Path(config.output_dir) if save else None
     logger = MetricsLogger(out_dir, name="sft_metrics") if out_dir is not None else None
     n = len(sequences)
     result = SFTResult(model, tokenizer, out_dir, initialised_tokens=initialised)
@@ -147,7 +148,7 @@ def run_sft(
         batch = [sequences[epoch_order(n, config.seed, k // n)[k % n]]
                  for k in range(step * batch_size, (step + 1) * batch_size)]
         optimizer.zero_grad(set_to_none=True)
-        loss, n_tokens = sft_batch_loss(model, batch, pad, config.sft_micro_batch_tokens, bf16)
+        loss, n_tokens = sft_batch_loss(model, batch, pad, config.micro_batch_tokens, bf16)
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.max_grad_norm) \
             if config.max_grad_norm > 0 else torch.tensor(0.0)
         optimizer.step()

@@ -24,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywher
 
 import torch  # noqa: E402
 
-from train.config import TrainConfig  # noqa: E402
+from train.config import GRPOConfig  # noqa: E402
 from train.grpo import fill_logprobs, ppo_update  # noqa: E402
 from train.policy import ReferencePolicy, make_optimizer, make_scheduler  # noqa: E402
 from train.sequences import episode_sequences  # noqa: E402
@@ -81,7 +81,7 @@ def main(argv: list[str] | None = None) -> dict:
     cuda = torch.cuda.is_available() and not args.smoke
     device = torch.device("cuda" if cuda else "cpu")
     bf16 = cuda and torch.cuda.is_bf16_supported()
-    config = TrainConfig(model="<random>", steps=args.steps, group_size=args.group, prompts_per_step=args.prompts,
+    config = GRPOConfig(model="<random>", steps=args.steps, group_size=args.group, prompts_per_step=args.prompts,
                          learning_rate=3e-6, kl_coef=args.kl_coef, micro_batch_tokens=args.micro_batch_tokens,
                          temperature=1.0, bf16="true" if bf16 else "false").validate()
     model = build_model(device, SMOKE if args.smoke else QWEN3_0_6B)
