@@ -25,7 +25,7 @@ import re
 from typing import Any, Iterable, Mapping, Sequence
 
 from agents.base import AgentStep
-from agents.sampling import sampling_seed
+from agents.token_path import sampling_seed
 from cm2_env.data import Dialogue, dialogue_turns, split_think
 from cm2_env.toolcalls import parse, render_message_hermes, to_assistant_message
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Iterable, Mapping, Sequence
 
 from agents.base import AGENT_CONTEXT_KEYS, Agent, AgentStep, ContextLimitExceeded
-from agents.sampling import sampling_seed
+from agents.token_path import sampling_seed
 from cm2_env.progress import progress as progress_reporter
 from cm2_env.records import flatten
 from cm2_env.data import Dialogue
@@ -88,7 +88,7 @@ async def arun_episode(env: Any, agent: Agent, dialogue_id: str, group_index: in
 
     With a ``seed`` (the rollout seed) the episode is reproducible: the env is reset with
     ``sampling_seed(seed, dialogue_id, group_index)`` and action i is sampled with
-    ``context["sampling_seed"] = sampling_seed(seed, dialogue_id, group_index, i)`` (:mod:`agents.sampling`), so
+    ``context["sampling_seed"] = sampling_seed(seed, dialogue_id, group_index, i)`` (:mod:`agents.token_path`), so
     its draws depend on that key alone, never on timing or on the other episodes running beside it.
 
     The agent's ``context`` holds :data:`~agents.base.AGENT_CONTEXT_KEYS` of ``info`` (where it is, not how it

@@ -8,7 +8,7 @@ when generation stopped there) and the log-probability of each generated id unde
 (log-softmax of logits / temperature, before top-p truncation). The trainer trains on exactly these ids and never
 re-tokenises text.
 
-Sampling is seeded per action (:mod:`agents.sampling`): an action's draws depend on its ``sampling_seed`` alone,
+Sampling is seeded per action (:mod:`agents.token_path`): an action's draws depend on its ``sampling_seed`` alone,
 never on which other requests share its batch, so the same seeds give the same actions whatever the timing.
 """
 
@@ -19,7 +19,7 @@ from dataclasses import dataclass
 from typing import Any, Mapping
 
 from agents.base import AgentStep, ContextLimitExceeded
-from agents.sampling import SeededSampler, sampling_seed
+from agents.token_path import SeededSampler, sampling_seed
 from agents.token_path import eos_token_id, pad_token_id, prompt_ids
 from cm2_env.toolcalls import parse, to_assistant_message
 
@@ -148,7 +148,7 @@ def generate_seeded(model: Any, prompts: list[list[int]], seeds: list[int], *, m
                     temperature: float, top_p: float, eos_id: int, pad_id: int,
                     min_new_tokens: int = 0) -> list[tuple[list[int], list[float]]]:
     """``(completion ids, logprobs)`` per prompt: ``model.generate`` (left padding) with every token chosen by the
-    seeded sampler (:class:`agents.sampling.SeededSampler`), each completion cut after ``eos_id``.
+    seeded sampler (:class:`agents.token_path.SeededSampler`), each completion cut after ``eos_id``.
     ``min_new_tokens`` (throughput measurements only) bans ``eos_id`` until then: the recorded logprobs are then
     those of the restricted distribution."""
     import torch

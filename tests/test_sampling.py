@@ -12,13 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from agents.sampling import sample_next, sampling_seed, token_uniform, token_uniforms
+from agents.token_path import sample_next, sampling_seed, token_uniform, token_uniforms
 
 REPO = Path(__file__).resolve().parents[1]
 
 
 def test_a_sampling_seed_is_the_same_in_every_process_and_differs_between_keys():
-    script = "from agents.sampling import sampling_seed; print(sampling_seed(7, 'tooltalk/UserLogin-easy', 3, 2))"
+    script = "from agents.token_path import sampling_seed; print(sampling_seed(7, 'tooltalk/UserLogin-easy', 3, 2))"
     outputs = set()
     for hash_seed in ("1", "2"):
         env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(REPO)}

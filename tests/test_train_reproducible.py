@@ -3,7 +3,7 @@
 The rollout engine is forced to form different generation batches -- every episode alone (``rollout_concurrency
 1``, ``max_batch_size 1``) versus every episode of a step in one batch -- and the sampled tokens, rewards and
 losses must agree. Logprobs (and so losses) may differ in their last bits, because logits of a different batch
-shape do (agents.sampling), hence the tight tolerances on those alone.
+shape do (agents.token_path), hence the tight tolerances on those alone.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from cm2_env.specs import choices, parse
 SCHEDULES = ("constant", "linear", "cosine")
 BF16_MODES = ("auto", "true", "false")
 OLD_LOGPROBS = ("sampler", "recompute")
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # train.losses
+LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # train.grpo, section 4
 
 
 class ConfigError(ValueError):
@@ -205,7 +205,7 @@ class GRPOConfig(RunConfig):
     lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
     warmup_ratio: float = 0.0
     kl_coef: float = 0.001  # k3 KL loss against a frozen reference; 0 = no reference model
-    loss_aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (losses.py)
+    loss_aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (train/grpo.py)
     clip_range: float = 0.2  # PPO clip epsilon (lower side)
     clip_range_high: float = 0.0  # upper side; 0 = same as clip_range
     entropy_coef: float = 0.0  # entropy bonus (0 = entropy is only logged)

@@ -52,7 +52,7 @@ def build_model(device: torch.device, shape: dict):
 def sample(model, prompts: torch.Tensor, new_tokens: int, temperature: float, bf16: bool):
     """(completion ids, sampling logprobs) per row: the sampler agents.TransformersAgent uses (seeded per row,
     logprobs on the device), with the end token banned until ``new_tokens`` so every row has the same length."""
-    from agents.sampling import sampling_seed
+    from agents.token_path import sampling_seed
     from agents.transformers_agent import generate_seeded
 
     rows = prompts.tolist()

@@ -1,6 +1,6 @@
 """How often does a seeded sample change when only the numerics change?
 
-Seeded per-action sampling (agents.sampling) makes an action's random draws a function of its key, so the only
+Seeded per-action sampling (agents.token_path) makes an action's random draws a function of its key, so the only
 thing left that can change a sample is the logits themselves: a different batch shape, or a CPU with other
 vector kernels, changes them in their last bits. This script samples the first action of every episode of a
 rollout batch (G episodes per bundled dialogue, each with its own sampling seed) under several numerics and
@@ -39,7 +39,7 @@ VARIANTS = {
 
 def sample(model_dir: str, batch_size: int, group: int, max_new_tokens: int, limit: int) -> list[list[int]]:
     """Completion ids of the first action of ``group`` episodes per dialogue, seeded as the rollout engine does."""
-    from agents.sampling import sampling_seed
+    from agents.token_path import sampling_seed
     from agents.transformers_agent import TransformersAgent
     from cm2_env.data import load_dialogues
     from cm2_env.env import CM2ToolUseEnv
