@@ -56,6 +56,8 @@ TABLE_COLUMNS = (
 WEB_SEARCH_PACKAGES = {"serpapi": "google-search-results", "bs4": "beautifulsoup4", "html2text": "html2text",
                        "requests": "requests"}
 BUILTIN_POLICIES = ("oracle", "noop")
+#: How the policy answers: structured tool calls (BFCL's -FC models) or calls written as Python text.
+MODES = ("fc", "prompting")
 
 
 class BfclError(RuntimeError):
@@ -233,8 +235,8 @@ def installed_bfcl_version() -> str:
 
 def _plan(options: BfclOptions) -> tuple[BfclOptions, list[str], dict[str, str]]:
     """Validate ``options``, prepare the run directory; return the categories to run and those skipped."""
-    if options.mode not in ("fc", "prompting"):
-        raise BfclError(f"--mode must be fc or prompting, not {options.mode!r}")
+    if options.mode not in MODES:
+        raise BfclError(f"--mode must be {' or '.join(MODES)}, not {options.mode!r}")
     if options.limit is not None and options.limit < 1:
         raise BfclError("--limit must be at least 1")
     if options.concurrency < 1:

@@ -13,6 +13,8 @@ from typing import Any
 
 import click
 
+from benchmarks.bfcl import MODES
+
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 def bench() -> None:
@@ -31,7 +33,7 @@ def bench() -> None:
               help="Run directory (results, scores, report). Re-running with the same --out resumes.")
 @click.option("--concurrency", type=click.IntRange(min=1), default=8, show_default=True,
               help="Entries run in parallel.")
-@click.option("--mode", type=click.Choice(["fc", "prompting"]), default="fc", show_default=True,
+@click.option("--mode", type=click.Choice(MODES), default="fc", show_default=True,
               help="fc: structured tool calls (BFCL's -FC models); prompting: calls as Python text.")
 @click.option("--name", default=None, help="BFCL model name (default cm2-<policy>[-FC]).")
 @click.option("--json", "as_json", is_flag=True, help="End stdout with one JSON line of scores.")

@@ -26,7 +26,7 @@ import click
 
 from cm2_env.data.io import read_records
 from cm2_env.reward.group import score_group
-from cm2_env.reward.items import F_NORMS, L_MODES
+from cm2_env.reward.items import F_NORMS, L_MODES, choice_problem
 from cm2_env.reward.record import replay_histories
 
 GROUP_KEYS = ("id", "L", "f_norm", "min_group_count", "turns", "rollouts")
@@ -141,10 +141,10 @@ def check_group(group: Any) -> list[tuple[str, str]]:
         return [("", f"a group must be a JSON object, got {type(group).__name__}")]
     problems: list[tuple[str, str]] = []
     _check_keys(group, GROUP_KEYS, "", problems)
-    if group.get("L", "reference") not in L_MODES:
-        problems.append(("L", f"must be one of {', '.join(L_MODES)} (got {group['L']!r})"))
-    if group.get("f_norm", "none") not in F_NORMS:
-        problems.append(("f_norm", f"must be one of {', '.join(F_NORMS)} (got {group['f_norm']!r})"))
+    for key, default, allowed in (("L", "reference", L_MODES), ("f_norm", "none", F_NORMS)):
+        problem = choice_problem(group.get(key, default), allowed)
+        if problem:
+            problems.append((key, problem))
     min_count = group.get("min_group_count", 0)
     if not _is_int(min_count) or min_count < 0:
         problems.append(("min_group_count", f"must be an integer >= 0 (got {min_count!r})"))

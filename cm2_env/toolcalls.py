@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any, Iterable, Mapping
 
 from cm2_env.data.turns import split_think
+from cm2_env.text import shorten
 
 OPEN_TAG = "<tool_call>"
 CLOSE_TAG = "</tool_call>"
@@ -265,7 +266,7 @@ def _strip_code_fence(source: str) -> str:
 
 
 def _snippet(text: str) -> str:
-    return text if len(text) <= _SNIPPET_CHARS else text[:_SNIPPET_CHARS] + "…"
+    return shorten(text, _SNIPPET_CHARS)
 
 
 def _dump_for_snippet(value: Any) -> str:

@@ -204,7 +204,9 @@ def test_malformed_blocks_return_one_structured_error(text, kind):
     assert _kinds(parsed) == [kind]
     assert kind in ERROR_KINDS
     assert parsed.calls == [] and not parsed.is_final_reply
-    assert parsed.errors[0].message and len(parsed.errors[0].snippet) <= 161
+    snippet = parsed.errors[0].snippet
+    assert parsed.errors[0].message and len(snippet) <= 200  # 160 characters and the cut marker
+    assert len(text) < 160 or snippet.endswith("characters cut ...]")
 
 
 def test_a_bad_element_of_a_list_does_not_drop_the_good_ones():

@@ -110,7 +110,7 @@ def test_sft_section_errors_name_the_section_key_and_line_and_old_flat_keys_say_
     assert f"{path}:2: field 'sft_epochs' moved to the sft: section. Fix: write `epochs: 2` under `sft:`" in message
     assert f"{path}:4: unknown field 'sft.epoch'" in message and "did you mean 'sft.epochs'" in message
     assert f"{path}:5: field 'sft.batch_size': must be at least 1" in message
-    assert f"{path}:6: field 'sft.lr_schedule': 'step' is not one of constant, linear, cosine" in message
+    assert f"{path}:6: field 'sft.lr_schedule': must be one of constant, linear, cosine, got 'step'" in message
     path.write_text("model: m\nbf16: maybe\nsft:\n  epochs: 1\n")
     with pytest.raises(ConfigError) as error:  # a shared field is reported once, where it was written
         load_sft_config(path)

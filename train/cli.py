@@ -17,6 +17,7 @@ from typing import Any
 import click
 
 from cm2_env.progress import Phases
+from train.presets import PRESETS
 
 
 def _console(to_stderr: bool):
@@ -47,7 +48,7 @@ def _fail(exc: Exception) -> None:
 
 
 @click.command(name="train")
-@click.option("--preset", type=click.Choice(["tiny-cpu", "tiny-cpu-quick"]), default=None,
+@click.option("--preset", type=click.Choice(list(PRESETS)), default=None,
               help="Run a self-contained preset (tiny-cpu-quick: the shorter variant the tests run).")
 @click.option("--config", "config_path", type=click.Path(dir_okay=False), default=None, help="YAML config (GRPO).")
 @click.option("--out", type=click.Path(file_okay=False), default=None,

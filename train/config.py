@@ -25,6 +25,7 @@ from typing import Any, Callable
 from cm2_env.env import INVALID_CALL_POLICIES
 from cm2_env.errors import SpecError
 from cm2_env.reward import ADVANTAGE_LEVELS, F_NORMS, L_MODES
+from cm2_env.reward.items import choice_problem
 from cm2_env.specs import choices, parse
 
 SCHEDULES = ("constant", "linear", "cosine")
@@ -89,9 +90,9 @@ class RunConfig:
 
     def _check(self, fail: Callable[[str, str, str], None]) -> None:
         def choice(name: str, allowed: tuple[str, ...]) -> None:
-            value = getattr(self, name)
-            if value not in allowed:
-                fail(name, f"{value!r} is not one of {', '.join(allowed)}", f"set it to one of {', '.join(allowed)}")
+            problem = choice_problem(getattr(self, name), allowed)
+            if problem:
+                fail(name, problem, f"set it to one of {', '.join(allowed)}")
 
         choice("bf16", BF16_MODES)
         for name in ("num_threads",):

@@ -13,12 +13,12 @@ import tempfile
 import time
 from pathlib import Path
 
-from benchmarks.bfcl import MULTI_TURN_CATEGORIES, BfclOptions, run_bfcl
+from benchmarks.bfcl import MODES, MULTI_TURN_CATEGORIES, BfclOptions, run_bfcl
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--mode", choices=["fc", "prompting"], default="fc")
+    parser.add_argument("--mode", choices=MODES, default="fc")
     parser.add_argument("--concurrency", type=int, default=8)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:

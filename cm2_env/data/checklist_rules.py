@@ -15,6 +15,7 @@ from typing import Any, Iterator, Mapping
 
 from cm2_env.data.models import EVIDENCE_SOURCES
 from cm2_env.data.turns import Turn, render
+from cm2_env.text import shorten
 
 #: Tolerance on the per-turn weight sum.
 WEIGHT_TOLERANCE = 1e-6
@@ -215,5 +216,4 @@ def _safe_render(message: Mapping[str, Any], source: str) -> str | None:
 
 
 def _preview(text: str, limit: int = 80) -> str:
-    shown = text if len(text) <= limit else text[: limit - 3] + "..."
-    return "rendering " + json.dumps(shown, ensure_ascii=False)
+    return "rendering " + json.dumps(shorten(text, limit), ensure_ascii=False)

@@ -29,8 +29,10 @@ from __future__ import annotations
 
 import json
 import re
+import typing
 from typing import Any, Callable, Iterable, Mapping
 
+from cm2_env.data.models import Role
 from cm2_env.data.turns import split_think
 
 Record = Any  # a decoded JSON record; normally a dict, but criteria accept anything
@@ -39,7 +41,7 @@ Criterion = Callable[..., "str | None"]
 _TOOL_NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_.\-]{0,63}")
 _THINK_BLOCK = re.compile(r"\s*<think>((?:(?!</?think>).)*)</think>((?:(?!</?think>).)*)", re.DOTALL)
 _TOOL_RESPONSE_TAG = re.compile(r"</?tool_response>")
-_ROLES = ("system", "user", "assistant", "tool")
+_ROLES = typing.get_args(Role)
 
 
 def _messages(record: Record) -> list | None:

@@ -16,7 +16,7 @@ The reward functions accept plain data so that :mod:`cm2_env.reward` depends on 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, Iterable, Literal, Mapping, Sequence
+from typing import Any, Iterable, Literal, Mapping, Sequence, get_args
 
 #: How the trajectory reward is normalised (Eq. 4): by the number of reference turns or of turns reached.
 LMode = Literal["reference", "reached"]
@@ -25,9 +25,9 @@ FNorm = Literal["std", "none"]
 #: How several checklist variants of one turn are combined.
 VariantAggregation = Literal["mean", "majority"]
 
-L_MODES: tuple[str, ...] = ("reference", "reached")
-F_NORMS: tuple[str, ...] = ("std", "none")
-VARIANT_AGGREGATIONS: tuple[str, ...] = ("mean", "majority")
+L_MODES: tuple[str, ...] = get_args(LMode)
+F_NORMS: tuple[str, ...] = get_args(FNorm)
+VARIANT_AGGREGATIONS: tuple[str, ...] = get_args(VariantAggregation)
 
 #: Added to the sample standard deviation before dividing (Eq. 5, 7, 9 with F_norm = "std").
 STD_EPSILON = 1e-6
@@ -126,14 +126,20 @@ def first_satisfied_list(
 
 def normaliser(L: LMode, n_reference_turns: int, n_reached_turns: int) -> int:
     """The divisor L of Eq. 4: reference turns ("reference", released code) or turns reached ("reached")."""
-    if L == "reference":
-        return n_reference_turns
-    if L == "reached":
-        return n_reached_turns
-    raise ValueError(f"L must be one of {L_MODES}, got {L!r}")
+    check_choice("L", L, L_MODES)
+    return n_reference_turns if L == "reference" else n_reached_turns
 
 
-def check_choice(name: str, value: str, allowed: tuple[str, ...]) -> None:
+def choice_problem(value: Any, allowed: Sequence[str]) -> str | None:
+    """Why ``value`` is not one of ``allowed`` (``"must be one of a, b, got 'x'"``), or None when it is. The one
+    wording of a bad choice: :func:`check_choice` raises it, config and file checkers collect it."""
+    if value in allowed:
+        return None
+    return f"must be one of {', '.join(allowed)}, got {value!r}"
+
+
+def check_choice(name: str, value: Any, allowed: Sequence[str]) -> None:
     """Raise ValueError naming ``name`` unless ``value`` is one of ``allowed``."""
-    if value not in allowed:
-        raise ValueError(f"{name} must be one of {allowed}, got {value!r}")
+    problem = choice_problem(value, allowed)
+    if problem:
+        raise ValueError(f"{name} {problem}")

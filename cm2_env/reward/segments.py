@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
-from typing import Literal, Sequence
+from typing import Literal, Sequence, get_args
+
+from cm2_env.reward.items import check_choice
 
 AdvantageLevel = Literal["trajectory", "turn", "step"]
-ADVANTAGE_LEVELS: tuple[str, ...] = ("trajectory", "turn", "step")
+ADVANTAGE_LEVELS: tuple[str, ...] = get_args(AdvantageLevel)
 
 
 def advantages_per_action(
@@ -21,8 +23,7 @@ def advantages_per_action(
     Returns None when ``advantages`` is None (a failed rollout, which the loss must skip). Raises ValueError when
     the shapes disagree with ``turn_action_counts``.
     """
-    if level not in ADVANTAGE_LEVELS:
-        raise ValueError(f"level must be one of {ADVANTAGE_LEVELS}, got {level!r}")
+    check_choice("level", level, ADVANTAGE_LEVELS)
     if advantages is None:
         return None
     if level == "trajectory":

@@ -35,10 +35,11 @@ import json
 from collections import Counter
 from dataclasses import dataclass
 from string import Template
-from typing import Any, Literal
+from typing import Any, Literal, get_args
 
 from cm2_env.data.models import Dialogue
 from cm2_env.data.turns import split_turns
+from cm2_env.reward.items import check_choice
 from cm2_env.simulator.base import ToolResult
 from cm2_env.simulator.schema import canonical_arguments, schema_problems
 from cm2_env.text import package_prompt, shorten
@@ -108,8 +109,7 @@ class HybridToolSimulator:
     def __init__(self, client: Any = None, *, fewshot: FewShot = "prefix", lenient: bool = False,
                  sampling: dict[str, Any] | None = None, attempts: int = 2, max_example_chars: int = 2000,
                  owns_client: bool = False) -> None:
-        if fewshot not in ("prefix", "all"):
-            raise ValueError(f"fewshot must be 'prefix' or 'all', got {fewshot!r}")
+        check_choice("fewshot", fewshot, get_args(FewShot))
         self.client = client
         self.owns_client = owns_client  # built for this simulator (make_simulator): closed by aclose()
         self.fewshot: FewShot = fewshot
