@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from benchmarks.bfcl import MODES
+from cm2_env.text import shorten
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -68,35 +69,33 @@ def bfcl(policy: str, categories: str, limit: int | None, out: Path, concurrency
 
 
 class _Progress:
-    """One progress bar per category, fed by the worker's events."""
+    """Turns the BFCL worker's events into one progress phase per category (:class:`cm2_env.progress.Phases`)."""
 
     def __init__(self, console: Any) -> None:
-        from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+        from cm2_env.progress import Phases
 
-        self._progress = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                  TimeElapsedColumn(), console=console, transient=True)
-        self._tasks: dict[str, Any] = {}
-        self._errors = 0
+        self._phases = Phases(console=console)
+        self._counts: dict[str, list[int]] = {}  # category -> [done, total]
 
     def __enter__(self) -> "_Progress":
-        self._progress.__enter__()
+        self._phases.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self._progress.__exit__(*exc)
+        self._phases.__exit__(*exc)
 
     def update(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "category":
-            category = event["category"]
-            self._tasks[category] = self._progress.add_task(
-                category, total=event["total"], completed=event["total"] - event["todo"])
+            category, total = event["category"], event["total"]
+            self._counts[category] = [total - event["todo"], total]
+            self._phases(category, *self._counts[category])
         elif kind == "entry":
             category = event["id"].rsplit("_", 1)[0]
-            if category in self._tasks:
-                self._progress.advance(self._tasks[category])
+            if category in self._counts:
+                self._counts[category][0] += 1
+                self._phases(category, *self._counts[category])
             if event.get("error"):
-                self._errors += 1
-                self._progress.console.print(f"[red]{event['id']}: {event['error'][:200]}[/red]")
+                self._phases.note(f"{event['id']}: {shorten(str(event['error']), 200)}")
         elif kind == "scored":
-            self._progress.console.print(f"{event['category']}: {100 * event['accuracy']:.2f}% of {event['total']}")
+            self._phases.note(f"{event['category']}: {100 * event['accuracy']:.2f}% of {event['total']}")

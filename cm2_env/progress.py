@@ -4,7 +4,9 @@
 ``(phase, done, total, info)``. On a TTY each phase is a live bar with its info (``reward 0.6523``); when stderr
 is a file or a pipe (CI logs, ``nohup``, a notebook) each phase prints one line such as
 ``grpo: 7/14 (50%) reward 0.6523 in 123.4 s`` at every tenth of its work and at its end, so a log shows progress
-without terminal control codes. ``enabled=False`` prints nothing.
+without terminal control codes. ``note(text)`` prints a line above the bars (errors, results). ``enabled=False``
+prints nothing. Every command's progress goes through it: training, rollouts, annotation, judge calibration and
+benchmarks.
 
 :func:`progress` is the one-phase form: ``with progress("rollouts", total) as advance: ... advance()``.
 """
@@ -43,6 +45,15 @@ class Phases:
     def __exit__(self, *exc: Any) -> None:
         if self._bar is not None:
             self._bar.stop()
+
+    def note(self, text: str) -> None:
+        """Print one line (an error, a result) above the bars, or as a plain line."""
+        if not self.enabled:
+            return
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False, highlight=False)
+        else:
+            print(text, file=sys.stderr, flush=True)
 
     def __call__(self, phase: str, done: int, total: int, info: dict[str, Any] | None = None) -> None:
         if not self.enabled:

@@ -269,3 +269,18 @@ def test_training_phases_report_plain_lines_with_their_info_off_a_terminal(capsy
             phases("grpo", step, 4, {"reward": 0.5 + step / 10})
     lines = capsys.readouterr().err.splitlines()
     assert lines[-1].startswith("grpo: 4/4 (100%)  reward 0.9000 in ") and len(lines) == 4
+
+
+def test_benchmark_progress_reports_categories_errors_and_scores_as_plain_lines(capsys):
+    from benchmarks.cli import _Progress
+
+    with _Progress(console=None) as progress:
+        progress.update({"event": "category", "category": "multi_turn_base", "total": 2, "todo": 2})
+        progress.update({"event": "entry", "id": "multi_turn_base_0"})
+        progress.update({"event": "entry", "id": "multi_turn_base_1", "error": "x" * 500})
+        progress.update({"event": "scored", "category": "multi_turn_base", "accuracy": 0.5, "total": 2})
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 4 and lines[0].startswith("multi_turn_base: 1/2 (50%)")
+    assert lines[1].startswith("multi_turn_base: 2/2 (100%)")
+    assert lines[2].startswith("multi_turn_base_1: xxx") and lines[2].endswith("characters cut ...]")
+    assert lines[3] == "multi_turn_base: 50.00% of 2"

@@ -17,8 +17,9 @@ from typing import Any, Callable
 
 import click
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
+
+from cm2_env.progress import Phases
 
 
 def _common_options(function: Callable) -> Callable:
@@ -154,20 +155,22 @@ def _run(command: str, role: str, source: str, out: str, llm_spec: str, concurre
     console = Console(stderr=True)
 
     async def main() -> dict[str, Any]:
-        columns = (TextColumn(f"{command}"), BarColumn(), MofNCompleteColumn(), TextColumn("{task.description}"),
-                   TimeElapsedColumn(), TimeRemainingColumn())
-        with Progress(*columns, console=console, disable=not console.is_terminal) as bar:
-            task = bar.add_task("", total=None)
+        with Phases(console=console) as bars:
             tally = {"written": 0, "rejected": 0, "failed": 0}
+            state = {"done": 0, "total": 0}
+
+            def on_total(n: int) -> None:
+                state["total"] = n
 
             def advance(status: str, _done: int) -> None:
                 tally[status] += 1
-                bar.update(task, advance=1, description=" ".join(f"{k} {v}" for k, v in tally.items()))
+                state["done"] += 1
+                bars(command, state["done"], state["total"], dict(tally))
 
             async with client:
                 return await process_file(source, out, lambda raw, dialogue: process(client, raw, dialogue),
                                           concurrency=concurrency, check_input=check_input, limit=limit,
-                                          on_total=lambda n: bar.update(task, total=n), on_progress=advance)
+                                          on_total=on_total, on_progress=advance)
 
     try:
         report = asyncio.run(main())

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import sys
 from typing import Any
 
 import click
@@ -73,16 +72,18 @@ def eval_command(judge_spec: str, calibration_path: str | None, dialogues: str, 
 
 async def _run(judge_obj: Any, cases: list, dialogue_set: list, concurrency: int, threshold: float,
                progress: bool) -> Any:
-    from rich.progress import Progress
-
     from cm2_env.judge.calibration import evaluate
+    from cm2_env.progress import Phases
 
-    if not progress or not sys.stderr.isatty():
-        return await evaluate(judge_obj, cases, dialogue_set, concurrency=concurrency, threshold=threshold)
-    with Progress(transient=True) as bar:
-        task = bar.add_task("judging candidates", total=len(cases))
+    done = 0
+    with Phases(enabled=progress) as bars:
+        def on_case(_: Any) -> None:
+            nonlocal done
+            done += 1
+            bars("judging", done, len(cases))
+
         return await evaluate(judge_obj, cases, dialogue_set, concurrency=concurrency, threshold=threshold,
-                              on_case=lambda _: bar.advance(task))
+                              on_case=on_case)
 
 
 def _print_tables(result: dict[str, Any], err: bool) -> None:
