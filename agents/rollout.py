@@ -19,7 +19,7 @@ from typing import Any, Iterable, Mapping, Sequence
 from agents.base import AGENT_CONTEXT_KEYS, Agent, AgentStep, ContextLimitExceeded
 from agents.token_path import sampling_seed
 from cm2_env.progress import progress as progress_reporter
-from cm2_env.records import flatten
+from cm2_env.records import flatten, resume_jsonl
 from cm2_env.data import Dialogue
 
 
@@ -269,6 +269,12 @@ def summarize(results: Sequence[EpisodeResult], dialogues: Iterable[Dialogue]) -
     }
 
 
+def _finished_episode(data: Any) -> EpisodeResult | None:
+    """An episode to keep when resuming, or None for a failed one (a dead server, say), which runs again."""
+    episode = EpisodeResult.from_json(data)
+    return None if episode.failed else episode
+
+
 class RunWriter:
     """The run folder of :func:`arun_rollouts`: ``run.json`` (what defines the run), ``trajectories.jsonl``
     (one line per finished episode, appended and flushed as each ends) and ``summary.json``.
@@ -289,7 +295,6 @@ class RunWriter:
         path = self.out / self.TRAJECTORIES
         info_path = self.out / "run.json"
         self.done: dict[tuple[str, int], EpisodeResult] = {}
-        kept: list[str] = []
         if path.exists() and path.stat().st_size > 0:
             if overwrite:
                 path.unlink()
@@ -304,20 +309,9 @@ class RunWriter:
                     raise ValueError(f"--resume: {self.out} was started with other settings ({', '.join(changed)}: "
                                      f"{[previous[k] for k in changed]} there, {[run_info[k] for k in changed]} "
                                      "now). Fix: resume with the same settings, or use another --out")
-                for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
-                    try:
-                        episode = EpisodeResult.from_json(json.loads(line))
-                    except (ValueError, KeyError, TypeError):
-                        continue  # a line cut off when the run was killed
-                    if episode.failed:
-                        continue  # failed (a dead server, say): run it again
+                for episode in resume_jsonl(path, _finished_episode):
                     self.done[(episode.dialogue_id, episode.group_index)] = episode
-                    kept.append(line)
         info_path.write_text(json.dumps(dict(run_info), indent=2, default=str), encoding="utf-8")
-        if kept:  # rewrite without a partial last line, so appended records start on their own line
-            temporary = path.with_suffix(".jsonl.tmp")
-            temporary.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
-            temporary.replace(path)
         self._file = path.open("a", encoding="utf-8")
 
     def append(self, result: EpisodeResult | None) -> None:

@@ -284,20 +284,13 @@ def result_file(job: RunJob, category: str) -> Path:
 
 def finished_ids(path: Path) -> set[str]:
     """Ids with a usable result in ``path``; results that ended in an inference error are removed (re-run)."""
-    if not path.exists():
-        return set()
-    kept, dropped = [], 0
-    for line in path.read_text().splitlines():
-        if not line.strip():
-            continue
-        record = json.loads(line)
-        if isinstance(record.get("result"), str) and record["result"].startswith(INFERENCE_ERROR_PREFIX):
-            dropped += 1
-        else:
-            kept.append(line)
-    if dropped:
-        path.write_text("".join(line + "\n" for line in kept))
-    return {json.loads(line)["id"] for line in kept}
+    from cm2_env.records import resume_jsonl
+
+    def accept(record: dict) -> str | None:
+        failed = isinstance(record.get("result"), str) and record["result"].startswith(INFERENCE_ERROR_PREFIX)
+        return None if failed else record["id"]
+
+    return set(resume_jsonl(path, accept))
 
 
 def infer_one(handler: Any, entry: dict) -> dict:

@@ -284,3 +284,16 @@ def test_benchmark_progress_reports_categories_errors_and_scores_as_plain_lines(
     assert lines[1].startswith("multi_turn_base: 2/2 (100%)")
     assert lines[2].startswith("multi_turn_base_1: xxx") and lines[2].endswith("characters cut ...]")
     assert lines[3] == "multi_turn_base: 50.00% of 2"
+
+
+def test_resuming_an_append_only_file_keeps_finished_records_and_cuts_broken_and_failed_ones(tmp_path):
+    from cm2_env.records import resume_jsonl
+
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b", "failed": true}\n\n{"no_id": 1}\n{"id": "c"}\n{"id": "d", "tr',
+                    encoding="utf-8")
+    kept = resume_jsonl(path, lambda record: None if record.get("failed") else record["id"])
+    assert kept == ["a", "c"]
+    assert path.read_text(encoding="utf-8") == '{"id": "a"}\n{"id": "c"}\n'
+    assert resume_jsonl(path, lambda record: record["id"]) == ["a", "c"]  # nothing dropped: file untouched
+    assert resume_jsonl(tmp_path / "missing.jsonl", lambda record: record) == []

@@ -31,6 +31,7 @@ from typing import Any, Awaitable, Callable, Literal
 from cm2_env.data.io import parse_record, read_records, record_id, resolve
 from cm2_env.data.models import Dialogue
 from cm2_env.llm import LLMError
+from cm2_env.records import resume_jsonl
 
 MAX_EXAMPLES = 20
 Status = Literal["written", "rejected", "failed"]
@@ -56,22 +57,9 @@ def rejected_path(out: str | Path) -> Path:
 
 
 def finished_ids(path: Path) -> set[str]:
-    """Ids of the complete JSON-object lines of ``path``; a trailing partial line (a crash) is cut off."""
-    if not path.exists():
-        return set()
-    ids, keep, dropped = set(), [], False
-    for line in path.read_text(encoding="utf-8").splitlines():
-        try:
-            data = json.loads(line)
-        except json.JSONDecodeError:
-            dropped = True
-            continue
-        if isinstance(data, dict) and record_id(data):
-            ids.add(record_id(data))
-            keep.append(line)
-    if dropped:  # rewrite so that appended lines do not follow a broken one
-        path.write_text("".join(f"{line}\n" for line in keep), encoding="utf-8")
-    return ids
+    """Ids of the complete JSON-object lines of ``path``; a partial line (a crash) is cut off
+    (:func:`cm2_env.records.resume_jsonl`)."""
+    return set(resume_jsonl(path, lambda data: record_id(data) if isinstance(data, dict) else None))
 
 
 async def process_file(source: str | Path, out: str | Path, process: Process, *, concurrency: int = 16,
