@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from cm2_env.data import load_dialogues
-from cm2_env.data.validate import dependency_cycles, validate_dialogue, validate_file, validate_record
+from cm2_env.data.validate import dependency_cycles, validate_file, validate_record
 
 
 def valid_record(rid: str) -> dict:
@@ -203,7 +203,7 @@ def test_a_turn_without_checklist_items_and_a_missing_turn_entry_are_reported():
 
 def test_parsed_bundled_dialogues_pass_semantic_validation():
     for dialogue in load_dialogues("tooltalk")[:10]:
-        assert validate_dialogue(dialogue) == []
+        assert validate_record(dialogue.to_record()) == []
 
 
 def test_dependency_cycles_finds_one_cycle_per_strongly_connected_component():
@@ -235,5 +235,5 @@ def test_snippets_are_matched_against_the_rendering_the_model_produces():
     record["tools"][0]["function"]["parameters"]["required"] = []
     record["messages"][2]["tool_calls"][0]["function"]["arguments"] = None  # read as {} by the model
     record["checklists"][0][0][0]["evidence"][0]["snippet"] = "GetWeather({})"
-    path_problems = validate_dialogue(load_dialogues([record])[0])
+    path_problems = validate_record(load_dialogues([record])[0].to_record())
     assert path_problems == []

@@ -131,17 +131,3 @@ def test_garbage_in_the_transcript_gives_verdicts_not_exceptions():
     verdicts = RuleJudge().judge_sync(JudgeRequest(dialogue, turn, 2, dialogue.checklist()[turn], [], current))
     assert set(verdicts) == {i.id for i in dialogue.checklist()[turn]}
     assert all(v.passed in (True, False) for v in verdicts.values())
-
-
-def test_checklist_variants_are_judged_separately_and_aggregated_by_majority():
-    from cm2_env.judge import Verdict, aggregate_verdicts, judge_variants
-
-    dialogue = DIALOGUES[0].model_copy(update={"checklists": [DIALOGUES[0].checklist()] * 3})
-    per_variant = asyncio.run(judge_variants(RuleJudge(), reference_request(dialogue, 6, items=[])))
-    assert len(per_variant) == 3 and all(set(v) == {i.id for i in dialogue.checklist()[6]} for v in per_variant)
-    votes = [{"C0": Verdict("C0", True)}, {"C0": Verdict("C0", False)}, {"C0": Verdict("C0", True)},
-             {"C0": Verdict("C0", None, error="x")}]
-    combined = aggregate_verdicts(votes)["C0"]
-    assert combined.passed is True and abs(combined.agreement - 2 / 3) < 1e-9
-    assert aggregate_verdicts(votes, "all")["C0"].passed is False
-    assert aggregate_verdicts([{"C0": Verdict("C0", None, error="x")}])["C0"].passed is None

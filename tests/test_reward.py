@@ -242,10 +242,9 @@ def test_a_custom_reward_assignment_is_composed_in_and_still_pays_r_in_total():
 
 def test_turn_reward_state_replays_the_hand_worked_turn():
     state = TurnRewardState(TURN0)
-    assert state.eligible == ["A", "C"]
     assert state.step(["C"]) == approx(0.3)
     assert state.step({"A"}) == approx(0.4)  # sticky: C may be left out
-    assert state.eligible == ["B"] and state.pending == ["B"]
+    assert state.satisfied == {"A", "C"} and state.paid == {"C": 1, "A": 2}
     assert state.step(["A", "B", "C"]) == approx(0.3)
     assert state.first_satisfied == {"A": 2, "B": 3, "C": 1}
     assert state.turn_reward == approx(1.0) and state.action_rewards == approx([0.3, 0.4, 0.3])

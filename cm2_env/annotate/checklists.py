@@ -239,9 +239,3 @@ async def annotate_dialogue(client: Any, dialogue: Dialogue, *, sampling: dict[s
         messages = [*messages, {"role": "assistant", "content": answer.text or "(empty answer)"},
                     repair_message(problems, n_turns)]
     return result
-
-
-def problems_summary(problems: Sequence[str], limit: int = 3) -> str:
-    """A one-line summary of problems for tables and logs."""
-    shown = "; ".join(problems[:limit])
-    return shown + (f"; ... (+{len(problems) - limit})" if len(problems) > limit else "")

@@ -134,16 +134,6 @@ def dialogue_turns(dialogue: Dialogue) -> list[Turn]:
     return split_turns(dialogue.messages)
 
 
-def system_messages(messages: Sequence[MessageLike]) -> list[MessageLike]:
-    """The messages before the first user message (normally the system prompt)."""
-    out = []
-    for message in messages:
-        if role(message) == "user":
-            break
-        out.append(message)
-    return out
-
-
 # --- renderings -----------------------------------------------------------------------------------------
 
 

@@ -35,7 +35,7 @@ from cm2_env.data.io import Problem, parse_record, read_records, record_id, reso
 from cm2_env.data.models import Dialogue, normalise_record
 from cm2_env.data.turns import Turn, split_turns
 
-__all__ = ["validate_file", "validate_dialogue", "validate_record", "dependency_cycles"]
+__all__ = ["validate_file", "validate_record", "dependency_cycles"]
 
 
 def validate_file(path_or_name: str | Path) -> tuple[list[Dialogue], list[Problem]]:
@@ -72,11 +72,6 @@ def validate_file(path_or_name: str | Path) -> tuple[list[Dialogue], list[Proble
     if records == 0:
         problems.append(Problem(shown, 0, "", "", "the file holds no records; give one dialogue JSON object per line"))
     return dialogues, problems
-
-
-def validate_dialogue(dialogue: Dialogue, path: str = "<dialogue>", line: int = 0) -> list[Problem]:
-    """The semantic problems of one parsed dialogue (structure is already guaranteed by the model)."""
-    return validate_record(dialogue.to_record(), path, line)
 
 
 def unencodable_text(value: Any, field: str = "") -> Iterator[tuple[str, str]]:

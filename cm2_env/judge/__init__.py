@@ -20,12 +20,11 @@ from cm2_env.judge.base import ChecklistJudge, JudgeRequest, Verdict
 from cm2_env.judge.hybrid import HybridJudge
 from cm2_env.judge.llm import LLMChecklistJudge
 from cm2_env.judge.rule import RuleJudge
-from cm2_env.judge.variants import aggregate_verdicts, judge_variants
 from cm2_env.specs import check_options, parse
 
 __all__ = [
     "ChecklistJudge", "JudgeRequest", "Verdict", "RuleJudge", "LLMChecklistJudge", "HybridJudge",
-    "aggregate_verdicts", "judge_variants", "make_judge",
+    "make_judge",
 ]
 
 _LLM_OPTIONS = ("votes", "batch_items", "temperature", "top_p", "sampling", "attempts", "seed", "cache_size",

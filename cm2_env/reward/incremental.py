@@ -83,16 +83,6 @@ class TurnRewardState:
         self.last_paid = frozenset(paid)
         return reward
 
-    @property
-    def pending(self) -> list[str]:
-        """Ids not yet satisfied, in item order: the only verdicts that can still change."""
-        return [item.id for item in self.items if item.id not in self.satisfied]
-
-    @property
-    def eligible(self) -> list[str]:
-        """E_{a+1} for the next action: ids not yet satisfied whose dependencies are all satisfied."""
-        return [c for c, (_, deps) in self._spec.items() if c not in self.satisfied and deps <= self.satisfied]
-
     def history(self) -> dict[str, Any]:
         """This turn's checklist and verdict history as a reward record holds it (:mod:`cm2_env.reward.record`):
         ``items`` (id, weight, dependence), ``first_satisfied`` and ``paid``."""

@@ -37,10 +37,6 @@ class ToolResult:
     source: ToolResultSource
     error: str | None = None
 
-    @property
-    def is_error(self) -> bool:
-        return self.source not in ("replay", "llm")
-
 
 @runtime_checkable
 class SimulatorEpisode(Protocol):
