@@ -12,13 +12,17 @@ valid choices.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from cm2_env.judge.base import ChecklistJudge
+    from cm2_env.simulator.base import ToolSimulator
 
 
 @dataclass
 class Backends:
-    simulator: Any
-    judge: Any
+    simulator: ToolSimulator
+    judge: ChecklistJudge
     owned: list[Any] = field(default_factory=list)  # built from spec strings here: closed by aclose()
 
     async def aclose(self) -> None:
@@ -29,7 +33,7 @@ class Backends:
         await close_backends(owned)
 
 
-def build_backends(simulator: Any = "replay", judge: Any = "rule", *,
+def build_backends(simulator: str | ToolSimulator = "replay", judge: str | ChecklistJudge = "rule", *,
                    simulator_options: dict[str, Any] | None = None,
                    judge_options: dict[str, Any] | None = None) -> Backends:
     """The backends of an episode (see the module docstring)."""
@@ -38,7 +42,7 @@ def build_backends(simulator: Any = "replay", judge: Any = "rule", *,
     from cm2_env.simulator import ToolSimulator, make_simulator
     from cm2_env.specs import choices
 
-    backends = Backends(None, None)
+    backends = Backends(None, None)  # type: ignore[arg-type]  # both set below
     for role, spec, options, kind, factory in (
             ("simulator", simulator, simulator_options, ToolSimulator, make_simulator),
             ("judge", judge, judge_options, ChecklistJudge, make_judge)):

@@ -6,9 +6,9 @@ from __future__ import annotations
 import pytest
 
 from cm2_env.data import load_dialogues
-from tests.support.tiny_models import micro_model_dir
+from tests.support.tiny_models import micro_config, micro_model_dir
 from train.checkpoint import CheckpointError, list_checkpoints, resolve_resume
-from train.config import ConfigError, GRPOConfig
+from train.config import ConfigError
 from train.grpo import train
 
 
@@ -18,11 +18,8 @@ def model_dir(tmp_path_factory):
 
 
 def config(model_dir, out, **changes):
-    values = dict(model=str(model_dir), output_dir=str(out), steps=2, group_size=2, prompts_per_step=1,
-                  max_new_tokens=6, max_turns=1, max_actions_per_turn=2, learning_rate=1e-3, kl_coef=0.0,
-                  checkpoint_interval=1, keep_checkpoints=1, bf16="false", seed=1, progress=False)
-    values.update(changes)
-    return GRPOConfig(**values).validate()
+    return micro_config(model_dir, out, **{**dict(steps=2, group_size=2, prompts_per_step=1, max_new_tokens=6,
+                                                  kl_coef=0.0, keep_checkpoints=1, seed=1), **changes})
 
 
 DIALOGUES = load_dialogues("tooltalk")[:1]

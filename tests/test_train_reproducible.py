@@ -13,9 +13,8 @@ import torch
 from safetensors.torch import load_file
 
 from cm2_env.data import load_dialogues
-from tests.support.tiny_models import micro_model_dir
+from tests.support.tiny_models import micro_config, micro_model_dir
 from train.checkpoint import list_checkpoints
-from train.config import GRPOConfig
 from train.grpo import collect_rollouts, train
 
 
@@ -25,11 +24,8 @@ def model_dir(tmp_path_factory):
 
 
 def config(model_dir, out, **changes):
-    values = dict(model=str(model_dir), output_dir=str(out), steps=2, group_size=4, prompts_per_step=2,
-                  max_new_tokens=10, max_turns=2, max_actions_per_turn=2, learning_rate=1e-3, kl_coef=0.05,
-                  entropy_coef=0.01, checkpoint_interval=1, bf16="false", seed=11, progress=False)
-    values.update(changes)
-    return GRPOConfig(**values).validate()
+    return micro_config(model_dir, out, **{**dict(steps=2, group_size=4, prompts_per_step=2, max_new_tokens=10,
+                                                  max_turns=2, kl_coef=0.05, entropy_coef=0.01, seed=11), **changes})
 
 
 ONE_BY_ONE = {"rollout_concurrency": 1, "max_batch_size": 1}

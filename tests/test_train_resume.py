@@ -10,9 +10,8 @@ import torch
 from safetensors.torch import load_file
 
 from cm2_env.data import load_dialogues
-from tests.support.tiny_models import micro_model_dir
+from tests.support.tiny_models import micro_config, micro_model_dir
 from train.checkpoint import list_checkpoints
-from train.config import GRPOConfig
 from train.grpo import train
 
 
@@ -22,12 +21,9 @@ def model_dir(tmp_path_factory):
 
 
 def config(model_dir, out, **changes):
-    values = dict(model=str(model_dir), output_dir=str(out), steps=3, group_size=2, prompts_per_step=1,
-                  max_new_tokens=8, max_turns=1, max_actions_per_turn=2, learning_rate=1e-3, kl_coef=0.05,
-                  entropy_coef=0.01, lr_schedule="cosine", warmup_ratio=0.3, checkpoint_interval=1, bf16="false",
-                  seed=3, progress=False)
-    values.update(changes)
-    return GRPOConfig(**values).validate()
+    return micro_config(model_dir, out, **{**dict(steps=3, group_size=2, prompts_per_step=1, max_new_tokens=8,
+                                                  kl_coef=0.05, entropy_coef=0.01, lr_schedule="cosine",
+                                                  warmup_ratio=0.3, seed=3), **changes})
 
 
 def test_resuming_from_a_checkpoint_reproduces_the_next_steps_loss(model_dir, tmp_path):
