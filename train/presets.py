@@ -1,6 +1,6 @@
 """Training presets: complete, self-contained runs. ``tiny-cpu`` is the README's main job.
 
-``tiny-cpu`` (:func:`run_tiny_cpu`), all offline on 2 CPU cores in under 15 minutes:
+``tiny-cpu`` (:func:`run_tiny_cpu`), all offline on 2 CPU cores in about 15 minutes:
 
 1. build a byte-level BPE tokenizer (merges across words: short prompts) and a ~4.5M-parameter Qwen3-shaped
    model from the bundled dialogues (:mod:`train.tiny_model`);
