@@ -61,8 +61,9 @@ def make_agent(spec: str, dialogues: Sequence[Any] = (), *, role: str = "policy"
     adapters). ``options`` go to the agent's constructor (endpoint and ``hf:`` agents only). A bad spec or option
     raises ``cm2_env.errors.SpecError``."""
     parsed = parse(spec, role)
+    name = "benchmark policy" if role == "bench" else role
     if options and parsed.kind not in ("endpoint", "hf"):
-        raise SpecError(f"{role} spec {parsed.text!r} takes no options (got {', '.join(sorted(options))}). Fix: "
+        raise SpecError(f"{name} spec {parsed.text!r} takes no options (got {', '.join(sorted(options))}). Fix: "
                         "drop them; only endpoint and hf: agents are configured by options")
     if parsed.kind == "replay":
         return ReplayAgent(dialogues)
@@ -84,7 +85,7 @@ def make_agent(spec: str, dialogues: Sequence[Any] = (), *, role: str = "policy"
         from agents.transformers_agent import TransformersAgent
 
         if not (Path(parsed.value) / "config.json").is_file():
-            raise SpecError(f"{role} spec {parsed.text!r}: {parsed.value!r} is not a local model folder (no "
+            raise SpecError(f"{name} spec {parsed.text!r}: {parsed.value!r} is not a local model folder (no "
                             "config.json there). Fix: give the folder of a saved model, e.g. "
                             "hf:runs/tiny-cpu/grpo/final (cm2 never downloads models)")
         return TransformersAgent(AutoModelForCausalLM.from_pretrained(parsed.value),

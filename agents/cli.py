@@ -23,7 +23,7 @@ from cm2_env.reward import ASSIGNMENT_MODES
 @click.option("--concurrency", default=64, show_default=True, type=click.IntRange(min=1))
 @click.option("--reward-assignment", default="trajectory", show_default=True,
               type=click.Choice(ASSIGNMENT_MODES))
-@click.option("--temperature", default=None, type=float, help="Sampling temperature for model agents.")
+@click.option("--temperature", default=None, type=float, help="Sampling temperature for model agents (endpoint and hf: agents).")
 @click.option("--max-new-tokens", default=None, type=int, help="Generation budget per action (hf: agents).")
 @click.option("--seed", default=0, show_default=True)
 @click.option("--resume", is_flag=True, help="Finish the run in --out: skip the episodes already written there.")
@@ -48,9 +48,10 @@ def rollout(dataset, agent_spec, simulator, judge, group_size, out_dir, limit, c
         raise click.UsageError("give --resume or --overwrite, not both")
     dialogues = load_dialogues(dataset)[:limit]
     options = {}
-    if temperature is not None:
+    kind = parse(agent_spec, "policy").kind
+    if temperature is not None and kind in ("endpoint", "hf"):
         options["temperature"] = temperature
-    if max_new_tokens is not None and parse(agent_spec, "policy").kind == "hf":
+    if max_new_tokens is not None and kind == "hf":
         options["max_new_tokens"] = max_new_tokens
     agent = make_agent(agent_spec, dialogues, **options)
     simulator_backend, judge_backend = make_simulator(simulator), make_judge(judge)

@@ -74,8 +74,13 @@ def policy_label(spec: Spec) -> str:
     """A short, file-name-safe name for the policy (used in BFCL's model name)."""
     if spec.kind in BUILTIN_POLICIES:
         return spec.kind
-    tail = spec.value.rsplit("#", 1)[-1] if spec.kind == "endpoint" else spec.value
-    tail = tail.split("?", 1)[0].rstrip("/").rsplit("/", 1)[-1].rsplit(":", 1)[-1]
+    if spec.kind == "endpoint":
+        tail = spec.value.rsplit("#", 1)[-1].split("?", 1)[0]
+    elif spec.kind == "python":
+        tail = spec.value.rsplit(":", 1)[-1]
+    else:
+        tail = spec.value
+    tail = tail.rstrip("/").rsplit("/", 1)[-1]
     return re.sub(r"[^A-Za-z0-9.-]+", "-", tail).strip("-.") or spec.kind
 
 

@@ -14,6 +14,7 @@ from typing import Any
 import click
 
 from benchmarks.bfcl import MODES
+from cm2_env.errors import SpecError
 from cm2_env.text import shorten
 
 
@@ -58,7 +59,7 @@ def bfcl(policy: str, categories: str, limit: int | None, out: Path, concurrency
             stderr.print(f"[yellow]{skip_reason}[/yellow]", soft_wrap=True)
         with _Progress(stderr) as progress:
             report = run_bfcl(options, on_event=progress.update)
-    except BfclError as exc:
+    except (BfclError, SpecError) as exc:
         raise click.ClickException(str(exc)) from None
     if as_json:
         click.echo(report.markdown(), err=True)

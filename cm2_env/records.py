@@ -27,13 +27,15 @@ def resume_jsonl(path: Path, accept: Callable[[Any], T | None]) -> list[T]:
     and passed to ``accept``, which returns what to keep or None to drop the line (a failed record, to be run
     again); a line that is not JSON or that ``accept`` rejects by raising ValueError, KeyError or TypeError (a
     line cut off by a kill) is dropped too. When anything was dropped the file is rewritten, atomically, with the
-    kept lines only, so lines appended later start on their own line and nothing dropped is read twice."""
+    kept lines only (also when the last line lacks its newline), so lines appended later start on their own line
+    and nothing dropped is read twice."""
     if not path.exists():
         return []
     kept: list[T] = []
     lines: list[str] = []
-    dropped = False
-    for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
+    text = path.read_text(encoding="utf-8", errors="replace")
+    dropped = bool(text) and not text.endswith("\n")  # killed between a record and its newline: end the line
+    for line in text.splitlines():
         if not line.strip():
             continue
         try:

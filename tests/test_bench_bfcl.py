@@ -222,6 +222,7 @@ def test_policy_labels_name_the_model_or_attribute():
     assert BfclOptions(policy="openai:http://h:1/v1#Qwen/Qwen3-8B", out=Path(".")).model_name() == "cm2-Qwen3-8B-FC"
     assert BfclOptions(policy="pkg.mod:agent", out=Path("."), mode="prompting").model_name() == "cm2-agent"
     assert BfclOptions(policy="hf:runs/tiny/grpo/final", out=Path(".")).model_name() == "cm2-final-FC"
+    assert BfclOptions(policy="openai:http://h:1/v1#llama3:8b?rpm=5", out=Path(".")).model_name() == "cm2-llama3-8b-FC"
 
 
 def test_unknown_policies_and_categories_are_rejected_with_the_choices():

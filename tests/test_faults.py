@@ -297,3 +297,14 @@ def test_resuming_an_append_only_file_keeps_finished_records_and_cuts_broken_and
     assert path.read_text(encoding="utf-8") == '{"id": "a"}\n{"id": "c"}\n'
     assert resume_jsonl(path, lambda record: record["id"]) == ["a", "c"]  # nothing dropped: file untouched
     assert resume_jsonl(tmp_path / "missing.jsonl", lambda record: record) == []
+
+
+def test_a_record_killed_before_its_newline_is_kept_and_the_next_one_starts_a_new_line(tmp_path):
+    from cm2_env.records import resume_jsonl
+
+    path = tmp_path / "out.jsonl"
+    path.write_text('{"id": "a"}\n{"id": "b"}', encoding="utf-8")
+    assert resume_jsonl(path, lambda record: record["id"]) == ["a", "b"]
+    with path.open("a", encoding="utf-8") as handle:
+        handle.write('{"id": "c"}\n')
+    assert resume_jsonl(path, lambda record: record["id"]) == ["a", "b", "c"]

@@ -140,3 +140,19 @@ def test_cm2_sft_trains_from_a_config_file_and_reports_json(model_dir, tmp_path)
     summary = json.loads(result.output.strip().splitlines()[-1])
     assert summary["steps"] == 1 and summary["output_dir"].endswith("sft")
     assert (tmp_path / "run" / "sft" / "model.safetensors").exists()
+
+
+def test_a_field_in_the_wrong_section_says_where_it_belongs_and_overrides_are_checked_too(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("model: m\nepochs: 2\nsft:\n  kl_coef: 0.1\n")
+    with pytest.raises(ConfigError) as error:
+        load_config(path)
+    assert f"{path}:2: field 'epochs' is an SFT field. Fix: move it under `sft:`" in str(error.value)
+    assert f"{path}:4: field 'sft.kl_coef' is a GRPO field, not an SFT one. Fix: move it to the top level" in str(
+        error.value)
+    path.write_text("model: m\n")
+    with pytest.raises(ConfigError, match="unknown field 'bogus'"):
+        load_config(path, bogus=1)
+    with pytest.raises(ConfigError, match="field 'seed' must be of type int"):
+        load_config(path, seed="seven")
+    assert load_sft_config(path, output_dir="elsewhere").output_dir == "elsewhere"

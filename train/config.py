@@ -341,6 +341,13 @@ def _typed_values(cls: type, data: dict[str, Any], allowed: tuple[str, ...], pre
                 problems.append(f"{where}: field {key!r} moved to the sft: section. Fix: write `{str(name)[4:]}: "
                                 f"{json.dumps(value)}` under `sft:`")
                 continue
+            if prefix == "" and name in SFT_FIELDS:
+                problems.append(f"{where}: field {key!r} is an SFT field. Fix: move it under `sft:`")
+                continue
+            if prefix == "sft." and name in GRPO_FIELDS:
+                problems.append(f"{where}: field {key!r} is a GRPO field, not an SFT one. Fix: move it to the top "
+                                "level")
+                continue
             close = difflib.get_close_matches(str(name), allowed, n=1)
             hint = f"did you mean {prefix + close[0]!r}?" if close else "see docs/training.md for the list of fields"
             problems.append(f"{where}: unknown field {key!r}. Fix: remove it or rename it ({hint})")
@@ -384,10 +391,10 @@ def configs_from_mapping(data: Any, source: str = "<config>", lines: dict[str, i
         problems.append(f"{where}: field 'sft' must be a mapping of SFT fields, got {type(section).__name__}. Fix: "
                         "indent `epochs: 2` and the other SFT fields under `sft:`")
         section = {}
+    data.update({k: v for k, v in (overrides or {}).items() if v is not None})
+    section = {**section, **{k: v for k, v in (sft_overrides or {}).items() if v is not None}}
     top = _typed_values(GRPOConfig, data, GRPO_FIELDS, "", source, lines, problems)
     own = _typed_values(SFTConfig, section, SFT_FIELDS, "sft.", source, lines, problems)
-    top.update({k: v for k, v in (overrides or {}).items() if v is not None})
-    own.update({k: v for k, v in (sft_overrides or {}).items() if v is not None})
     grpo = GRPOConfig(**top)
     shared = {name: value for name, value in top.items() if name in SHARED_FIELDS}
     sft = SFTConfig(**{**shared, "output_dir": str(Path(grpo.output_dir) / "sft"), **own})

@@ -59,7 +59,7 @@ def rejected_path(out: str | Path) -> Path:
 def finished_ids(path: Path) -> set[str]:
     """Ids of the complete JSON-object lines of ``path``; a partial line (a crash) is cut off
     (:func:`cm2_env.records.resume_jsonl`)."""
-    return set(resume_jsonl(path, lambda data: record_id(data) if isinstance(data, dict) else None))
+    return set(resume_jsonl(path, lambda data: (record_id(data) or None) if isinstance(data, dict) else None))
 
 
 async def process_file(source: str | Path, out: str | Path, process: Process, *, concurrency: int = 16,

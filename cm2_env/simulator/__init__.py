@@ -9,7 +9,8 @@
 
 Options: ``fewshot="prefix"|"all"``, ``lenient=False``, ``sampling={...}``, ``attempts=2``,
 ``max_example_chars=2000``, ``llm_options={...}`` (passed to ``cm2_env.llm.make_client``), ``client=`` (an
-existing ChatClient instead of a spec).
+existing ChatClient, used instead of building one from the endpoint spec; with ``"replay"`` it adds the LLM
+fallback).
 """
 
 from __future__ import annotations
