@@ -27,6 +27,8 @@ from typing import Any, Iterable, Mapping, Sequence
 from agents.base import AgentStep
 from agents.token_path import sampling_seed
 from cm2_env.data import Dialogue, dialogue_turns, split_think
+from cm2_env.errors import SpecError
+from cm2_env.reward.items import choice_problem
 from cm2_env.toolcalls import parse, render_message_hermes, to_assistant_message
 
 PROBE_KINDS: tuple[str, ...] = ("negated", "echo-refuse", "tool-dump", "contradicted")
@@ -88,8 +90,9 @@ class ProbeAgent:
     environment's ``info`` provides."""
 
     def __init__(self, dialogues: Iterable[Dialogue], kind: str, *, replay_calls: bool = False):
-        if kind not in PROBE_KINDS:
-            raise ValueError(f"unknown probe kind {kind!r}; choose one of {', '.join(PROBE_KINDS)}")
+        problem = choice_problem(kind, PROBE_KINDS)
+        if problem:
+            raise SpecError(f"probe kind {problem}. Fix: use probe:KIND or probe:KIND+calls with one of those kinds")
         self.kind = kind
         self.replay_calls = replay_calls
         self._turns = {d.id: dialogue_turns(d) for d in dialogues}

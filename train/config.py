@@ -95,9 +95,8 @@ class RunConfig:
                 fail(name, problem, f"set it to one of {', '.join(allowed)}")
 
         choice("bf16", BF16_MODES)
-        for name in ("num_threads",):
-            if getattr(self, name) < 0:
-                fail(name, f"must be >= 0, got {getattr(self, name)}", "use 0 (default) or a positive integer")
+        if self.num_threads < 0:
+            fail("num_threads", f"must be >= 0, got {self.num_threads}", "use 0 (default) or a positive integer")
         for name in ("weight_decay", "max_grad_norm"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0, got {getattr(self, name)}", "use a non-negative number")
