@@ -29,11 +29,11 @@ import subprocess
 import sys
 import time
 from dataclasses import asdict, dataclass, field
-from datetime import datetime, timezone
 from importlib import metadata, util
 from pathlib import Path
 from typing import Any, Callable
 
+from benchmarks.runs import check_run_dir, utc_now, write_report
 from cm2_env.specs import Spec, parse
 
 BFCL_EVAL_VERSION = "2026.3.23"
@@ -217,13 +217,12 @@ def run_bfcl_sequence(runs: list[BfclOptions], on_event: ProgressCallback | None
     for options, categories, skipped in plans:
         report = BfclReport(
             benchmark="BFCL v4", bfcl_eval_version=version, policy=options.policy, mode=options.mode,
-            model_name=options.model_name(), date=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+            model_name=options.model_name(), date=utc_now(),
             limit=options.limit, run_dir=str(options.out),
             categories=read_scores(options.out / "score", options.model_name(), categories),
             skipped=skipped, elapsed_s=round(elapsed, 2),
         )
-        (options.out / "bfcl_results.json").write_text(json.dumps(report.to_json(), indent=2) + "\n")
-        (options.out / "bfcl_results.md").write_text(report.markdown())
+        write_report(options.out, "bfcl_results", report.to_json(), report.markdown())
         reports.append(report)
     return reports
 
@@ -254,22 +253,8 @@ def _plan(options: BfclOptions) -> tuple[BfclOptions, list[str], dict[str, str]]
 
 
 def _check_run_dir(options: BfclOptions) -> None:
-    options.out.mkdir(parents=True, exist_ok=True)
-    manifest_path = options.out / "run.json"
-    manifest = {"policy": options.policy, "mode": options.mode, "model_name": options.model_name(),
-                "bfcl_eval_version": installed_bfcl_version()}
-    if manifest_path.exists():
-        previous = json.loads(manifest_path.read_text())
-        differing = [key for key, value in manifest.items() if previous.get(key) != value]
-        if differing:
-            raise BfclError(
-                f"{manifest_path}: this run directory holds a run with different "
-                + ", ".join(f"{key} ({previous.get(key)!r}, now {manifest[key]!r})" for key in differing)
-                + "; resume only the same run there, or pass another --out"
-            )
-        return
-    manifest_path.write_text(json.dumps({**manifest, "created": datetime.now(timezone.utc).isoformat(
-        timespec="seconds")}, indent=2) + "\n")
+    check_run_dir(options.out, {"policy": options.policy, "mode": options.mode, "model_name": options.model_name(),
+                                "bfcl_eval_version": installed_bfcl_version()}, BfclError)
 
 
 def _worker_run(options: BfclOptions, categories: list[str]) -> dict[str, Any]:

@@ -20,11 +20,11 @@ inside ``OraclePolicy`` (the worker has set ``BFCL_PROJECT_ROOT`` by then).
 from __future__ import annotations
 
 import ast
-import asyncio
 import json
-import threading
 from dataclasses import dataclass
-from typing import Any, Coroutine, Protocol
+from typing import Any, Protocol
+
+from benchmarks.runs import AsyncBridge
 
 
 @dataclass
@@ -166,22 +166,6 @@ class NoopPolicy:
 
 
 # --------------------------------------------------------------------------- async policies
-
-
-class AsyncBridge:
-    """One event loop in a daemon thread; BFCL's worker threads submit coroutines to it and wait."""
-
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self.loop.run_forever, name="cm2-bfcl-loop", daemon=True)
-        self._thread.start()
-
-    def run(self, coroutine: Coroutine[Any, Any, Any]) -> Any:
-        return asyncio.run_coroutine_threadsafe(coroutine, self.loop).result()
-
-    def close(self) -> None:
-        self.loop.call_soon_threadsafe(self.loop.stop)
-        self._thread.join(timeout=5)
 
 
 class AgentPolicy:

@@ -3,6 +3,9 @@
 ``cm2 bench bfcl --policy oracle --limit 3 --out runs/bfcl-oracle`` runs BFCL v4 (``benchmarks.bfcl``), prints
 the Table-3-style Markdown table and writes it plus a JSON report into ``--out``. With ``--json`` the last line
 of stdout is one JSON object (``multi_turn_overall`` etc. in percent, 0-100). Progress goes to stderr.
+
+``cm2 bench tau2 --policy oracle --user scripted --limit 5 --out runs/tau2-oracle`` runs τ²-bench
+(``benchmarks.tau2``) the same way; its JSON line holds ``overall_pass1`` and the per-domain pass^k.
 """
 
 from __future__ import annotations
@@ -67,6 +70,87 @@ def bfcl(policy: str, categories: str, limit: int | None, out: Path, concurrency
     else:
         click.echo(report.markdown())
         click.echo(f"Report: {out / 'bfcl_results.md'} and {out / 'bfcl_results.json'} ({report.elapsed_s:.1f} s)")
+
+
+@bench.command("tau2")
+@click.option("--policy", required=True,
+              help="oracle | noop | an endpoint spec (openai:http://127.0.0.1:8000/v1#model; runs tau2's own "
+                   "llm_agent) | hf:PATH | module:attribute naming an agent (agents/base.py).")
+@click.option("--user", required=True,
+              help="The user simulator: an endpoint spec for tau2's LLM user simulator (the paper's setups use "
+                   "gpt-4.1 at temperature 0), or 'scripted', the offline stand-in (tests; not comparable).")
+@click.option("--domains", default="all", show_default=True, help="Comma-separated: all, airline, retail, telecom.")
+@click.option("--trials", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Runs of each task (pass^k is reported for k <= trials).")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N tasks of each domain.")
+@click.option("--task-ids", default=None, help="Comma-separated task ids (in every domain selected).")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run directory (tau2's result files, the report). Re-running with the same --out resumes.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Simulations run in parallel.")
+@click.option("--seed", type=int, default=300, show_default=True, help="tau2's run seed (trial seeds derive from it).")
+@click.option("--max-steps", type=click.IntRange(min=1), default=200, show_default=True,
+              help="tau2's step limit per simulation (a simulation that hits it scores 0).")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Sampling temperature of endpoint and hf: policies.")
+@click.option("--json", "as_json", is_flag=True, help="End stdout with one JSON line of scores.")
+def tau2(policy: str, user: str, domains: str, trials: int, limit: int | None, task_ids: str | None, out: Path,
+         concurrency: int, seed: int, max_steps: int, temperature: float, as_json: bool) -> None:
+    """Run POLICY on tau2-bench (airline, retail, telecom) through tau2's orchestrator and evaluators."""
+    from rich.console import Console
+
+    from benchmarks.tau2 import Tau2Error, Tau2Options, parse_domains, run_tau2
+
+    stderr = Console(stderr=True)
+    try:
+        ids = [item.strip() for item in task_ids.split(",") if item.strip()] if task_ids else None
+        options = Tau2Options(policy=policy, user=user, out=out, domains=parse_domains(domains), trials=trials,
+                              limit=limit, task_ids=ids, concurrency=concurrency, seed=seed, max_steps=max_steps,
+                              temperature=temperature)
+        options.check()
+        with _Tau2Progress(stderr) as progress:
+            report = run_tau2(options, on_event=progress.update)
+    except (Tau2Error, SpecError) as exc:
+        raise click.ClickException(str(exc)) from None
+    if as_json:
+        click.echo(report.markdown(), err=True)
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(report.markdown())
+        click.echo(f"Report: {out / 'tau2_results.md'} and {out / 'tau2_results.json'} ({report.elapsed_s:.1f} s)")
+    failed = sum(row["failed"] for row in report.domains.values())
+    if failed:
+        raise click.ClickException(f"{failed} simulation(s) failed (see the notes above); run the same command "
+                                   "again to retry them: the run resumes")
+
+
+class _Tau2Progress:
+    """One progress phase per domain; failed simulations become notes."""
+
+    def __init__(self, console: Any) -> None:
+        from cm2_env.progress import Phases
+
+        self._phases = Phases(console=console)
+        self._counts: dict[str, list[int]] = {}
+
+    def __enter__(self) -> "_Tau2Progress":
+        self._phases.__enter__()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._phases.__exit__(*exc)
+
+    def update(self, event: dict[str, Any]) -> None:
+        domain = event.get("domain", "")
+        if event.get("event") == "domain":
+            self._counts[domain] = [event["total"] - event["todo"], event["total"]]
+            self._phases(domain, *self._counts[domain])
+        elif event.get("event") == "simulation" and domain in self._counts:
+            self._counts[domain][0] += 1
+            self._phases(domain, *self._counts[domain])
+            if event.get("error"):
+                self._phases.note(f"{domain} task {event['task_id']} trial {event['trial']}: "
+                                  f"{shorten(str(event['error']), 200)}")
 
 
 class _Progress:

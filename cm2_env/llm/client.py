@@ -365,7 +365,10 @@ class ChatClient:
         return kind(message, **context)
 
 
-def _resolve_api_key(explicit: str | None, key_env: str | None) -> str:
+def resolve_api_key(explicit: str | None, key_env: str | None) -> str:
+    """The API key for an endpoint: ``explicit``, else the variable named by ``key_env``, else ``$CM2_API_KEY``,
+    else ``$OPENAI_API_KEY``, else a placeholder for keyless local servers. Raises ``LLMConfigError`` when
+    ``key_env`` names an unset variable."""
     if explicit:
         return explicit
     if key_env:
@@ -399,4 +402,4 @@ def make_client(spec: str, *, role: str = "policy", api_key: str | None = None, 
         raise LLMConfigError(f"invalid options for {parsed}: need max_concurrency >= 1, max_retries >= 0, "
                              f"timeout_s > 0 (got {client_options.max_concurrency}, {client_options.max_retries}, "
                              f"{client_options.timeout_s})")
-    return ChatClient(parsed, client_options, _resolve_api_key(api_key, key_env), usage or UsageTracker())
+    return ChatClient(parsed, client_options, resolve_api_key(api_key, key_env), usage or UsageTracker())
