@@ -64,6 +64,8 @@ SCRIPTED_USER = "scripted"
 DEFAULT_SEED = 300
 DEFAULT_MAX_STEPS = 200
 DEFAULT_MAX_ERRORS = 10
+#: litellm retries per request, as ``tau2 run`` passes them (its --max-retries default).
+LITELLM_RETRIES = 3
 
 ProgressCallback = Callable[[dict[str, Any]], None]
 
@@ -120,7 +122,7 @@ def litellm_route(spec_text: str, temperature: float, role: str) -> tuple[str, d
     if len(chat.urls) != 1:
         raise SpecError(f"{role} {redact(spec_text)!r}: τ²'s litellm client talks to one URL, this spec lists "
                         f"{len(chat.urls)}. Fix: give one URL (put a load balancer in front of several servers)")
-    recorded = {"api_base": chat.urls[0], "temperature": temperature}
+    recorded = {"api_base": chat.urls[0], "temperature": temperature, "num_retries": LITELLM_RETRIES}
     return f"openai/{chat.model}", {**recorded, "api_key": resolve_api_key(None, chat.options.get("key_env"))}, \
         recorded
 

@@ -292,3 +292,14 @@ def test_bad_options_are_refused_with_what_to_do(tmp_path):
     result = CliRunner().invoke(bench, ["tau2", "--policy", "oracle", "--user", "scripted", "--domains", "moon",
                                         "--out", str(tmp_path / "e")])
     assert result.exit_code != 0 and "unknown domain 'moon'" in result.output
+
+
+def test_a_dead_endpoint_records_nothing_reports_each_failure_and_the_cli_says_to_rerun(tmp_path):
+    with ScriptedServer() as server:
+        dead = server.spec  # the port is closed once the server stops
+    result = CliRunner().invoke(bench, ["tau2", "--policy", dead, "--user", "scripted", "--domains", "retail",
+                                        "--task-ids", "0,1", "--trials", "1", "--out", str(tmp_path / "dead")])
+    assert result.exit_code != 0 and "2 simulation(s) failed" in result.output and "again" in result.output
+    assert "Connection" in result.output  # each failure is reported with its cause
+    assert _results(tmp_path / "dead", "retail")["simulations"] == []
+    assert json.loads((tmp_path / "dead" / "tau2_results.json").read_text())["domains"]["retail"]["failed"] == 2
