@@ -97,13 +97,18 @@ def train(preset: str | None, config_path: str | None, out: str | None, seed: in
         config = load_config(config_path, output_dir=out, seed=seed, resume=resume)
     except ConfigError as exc:
         _fail(exc)
-    with Phases(enabled=config.progress, console=console) as bars:
+    import os
+
+    main_rank = os.environ.get("RANK", "0") == "0"  # under torchrun only rank 0 reports (train.distributed)
+    with Phases(enabled=config.progress and main_rank, console=console) as bars:
         try:
             result = run_grpo(config, overwrite=overwrite,
                               on_step=lambda s, r: bars("grpo", s, config.steps, {"reward": r.get("reward/mean"),
                                                                                   "kl": r.get("kl")}))
         except (ValueError, FileNotFoundError) as exc:
             _fail(exc)
+    if not main_rank:
+        return
     last = result.records[-1] if result.records else {}
     console.print(_table(f"cm2 train --config {config_path}", [
         ("steps", result.steps_done), ("final reward (mean)", last.get("reward/mean")),

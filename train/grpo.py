@@ -34,6 +34,7 @@ import torch
 
 from agents.token_path import eos_token_id, pad_token_id
 from train.config import LOSS_AGGREGATIONS, GRPOConfig
+from train.distributed import Distributed, init_distributed
 from train.policy import (ReferencePolicy, add_lora, configure_torch, forward_micro_batches, load_model,
                           load_tokenizer, make_optimizer, make_scheduler, model_device, use_bf16)
 from train.sequences import TokenSequence, episode_sequences, epoch_order
@@ -316,14 +317,18 @@ def grpo_loss(
 
 @torch.no_grad()
 def fill_logprobs(model: Any, sequences: Sequence[TokenSequence], attribute: str, config: GRPOConfig,
-                  pad_id: int, bf16: bool) -> None:
-    """Set ``sequence.<attribute>`` (a list aligned with input_ids) to ``model``'s logprobs on loss tokens."""
+                  pad_id: int, bf16: bool, dist: Distributed = Distributed()) -> None:
+    """Set ``sequence.<attribute>`` (a list aligned with input_ids) to ``model``'s logprobs on loss tokens. Under
+    data parallelism each rank runs its share of the micro-batches and every rank receives every result."""
+    filled = []
     for indices, _, logprobs, _ in forward_micro_batches(model, sequences, config.micro_batch_tokens, pad_id, bf16,
-                                                         config.temperature):
+                                                         config.temperature, mine=dist.owns):
         values = iter(logprobs.float().cpu().tolist())
-        for s in (sequences[i] for i in indices):
+        for i in indices:
             # collate shifts by one: loss token j of the sequence is predicted at position j - 1
-            setattr(s, attribute, [next(values) if m and j > 0 else 0.0 for j, m in enumerate(s.loss_mask)])
+            filled.append((i, [next(values) if m and j > 0 else 0.0 for j, m in enumerate(sequences[i].loss_mask)]))
+    for i, values in dist.gather(filled):
+        setattr(sequences[i], attribute, values)
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -347,8 +352,9 @@ class UpdateStats:
 
 
 def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[TokenSequence], config: GRPOConfig,
-               pad_id: int, bf16: bool, generator: torch.Generator) -> UpdateStats:
-    """``ppo_epochs`` x ``ppo_mini_batches`` optimizer steps on the GRPO loss (section 4)."""
+               pad_id: int, bf16: bool, generator: torch.Generator, dist: Distributed = Distributed()) -> UpdateStats:
+    """``ppo_epochs`` x ``ppo_mini_batches`` optimizer steps on the GRPO loss (section 4). Under data parallelism
+    every rank draws the same mini-batches and backpropagates the sequences it owns (train.distributed)."""
     stats = UpdateStats()
     trainable = [p for p in model.parameters() if p.requires_grad]
     model.train()
@@ -356,7 +362,13 @@ def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[T
         order = torch.randperm(len(sequences), generator=generator).tolist()
         for mini in np.array_split(np.array(order, dtype=np.int64), min(config.ppo_mini_batches, len(order))):
             optimizer.zero_grad(set_to_none=True)
-            sums = accumulate_gradients(model, [sequences[i] for i in mini.tolist()], config, pad_id, bf16)
+            sums = accumulate_gradients(model, [sequences[i] for i in mini.tolist()], config, pad_id, bf16, dist)
+            if dist.world > 1:
+                dist.sum_gradients(trainable)
+                (sums.first_loss, sums.policy_loss, sums.kl, sums.entropy, sums.clip_fraction) = dist.reduce(
+                    [sums.first_loss, sums.policy_loss, sums.kl, sums.entropy, sums.clip_fraction])
+                sums.ratio_max, sums.ratio_min = dist.reduce([sums.ratio_max], "max")[0], \
+                    dist.reduce([sums.ratio_min], "min")[0]
             max_norm = config.max_grad_norm if config.max_grad_norm > 0 else float("inf")
             grad_norm = float(torch.nn.utils.clip_grad_norm_(trainable, max_norm))
             optimizer.step()
@@ -377,16 +389,19 @@ def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[T
 
 
 def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: GRPOConfig, pad_id: int,
-                         bf16: bool) -> UpdateStats:
-    """Backpropagate one mini-batch's loss (tokens weighted by ``config.loss_aggregation``), micro-batch by
-    micro-batch; return its loss terms (``first_loss`` = the mini-batch's loss)."""
+                         bf16: bool, dist: Distributed = Distributed()) -> UpdateStats:
+    """Backpropagate one mini-batch's loss (tokens weighted by ``config.loss_aggregation`` over the whole
+    mini-batch), micro-batch by micro-batch; return its loss terms (``first_loss`` = the mini-batch's loss).
+    Under data parallelism this rank runs its share of the mini-batch's micro-batches -- the same micro-batches
+    one process would run -- and the terms are its share, summed over the ranks by the caller."""
     device = model_device(model)
     n_tokens = sum(s.n_loss_tokens for s in chunk)
     weights = sequence_token_weights([s.n_loss_tokens for s in chunk], config.loss_aggregation,
                                      config.max_new_tokens)
     sums = UpdateStats(first_loss=0.0, tokens=n_tokens)
     for indices, batch, logprobs, entropy in forward_micro_batches(model, chunk, config.micro_batch_tokens, pad_id,
-                                                                   bf16, config.temperature, with_entropy=True):
+                                                                   bf16, config.temperature, with_entropy=True,
+                                                                   mine=dist.owns):
         micro = [chunk[i] for i in indices]
         select = batch["loss_mask"]
         token_weights = torch.tensor([weights[i] for i in indices for _ in range(_loss_positions(chunk[i]))],
@@ -499,15 +514,20 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
 
     started = time.perf_counter()
     config.validate()
+    dist = init_distributed()
     out = Path(config.output_dir)
     earlier = previous_run(out)
     if earlier and not config.resume:
         if not overwrite:
             raise ConfigError(f"output_dir {out} already holds a run ({earlier}). Fix: --resume auto to continue "
                               "it, --overwrite to replace it, or another --out")
-        clear_run(out)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        dist.barrier()  # every rank has looked before rank 0 clears it
+        if dist.main:
+            clear_run(out)
+    if dist.main:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+    dist.barrier()
     configure_torch(config)
     dialogues = select_dialogues(dialogues if dialogues is not None else load_dialogues(config.dataset), config)
     policy, tokenizer, reference = build_policy(config)
@@ -518,7 +538,8 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
                                config.warmup_ratio, config.lr_schedule)
     resume_from = resolve_resume(config.resume, out, warn=lambda message: print(message, file=sys.stderr))
     state = load_checkpoint(resume_from, policy, optimizer, scheduler) if resume_from else TrainerState()
-    logger = MetricsLogger(out, tensorboard=config.tensorboard, resume_step=state.step if resume_from else None)
+    logger = (MetricsLogger(out, tensorboard=config.tensorboard, resume_step=state.step if resume_from else None)
+              if dist.main else None)
     end = config.steps if max_steps is None else min(config.steps, state.step + max_steps)
     records, failed_total = [], int(state.extras.get("failed_episodes", 0))
     for step in range(state.step, end):
@@ -526,8 +547,9 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
         # --- rollout
         batch = [dialogues[i] for i in dialogues_at(state.data_position, config.prompts_per_step, len(dialogues), config.seed)]
         seed = step_seed(config.seed, step)
-        episodes = collect_rollouts(policy, tokenizer, batch, config, seed=seed, group_size=config.group_size,
-                                    temperature=config.temperature, make_agent=make_agent)
+        episodes = dist.gather(collect_rollouts(policy, tokenizer, dist.shard(batch), config, seed=seed,
+                                                group_size=config.group_size, temperature=config.temperature,
+                                                make_agent=make_agent))
         t_rollout = time.perf_counter() - t0
         # --- advantages -> token sequences
         advantages = action_advantages(episodes, config)
@@ -538,12 +560,12 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
         stats = UpdateStats()
         if sequences:
             if config.old_logprobs == "recompute":
-                fill_logprobs(policy, sequences, "old_logprobs", config, pad_id, bf16)
+                fill_logprobs(policy, sequences, "old_logprobs", config, pad_id, bf16, dist)
             if reference is not None:
                 with reference.model() as ref_model:
-                    fill_logprobs(ref_model, sequences, "ref_logprobs", config, pad_id, bf16)
+                    fill_logprobs(ref_model, sequences, "ref_logprobs", config, pad_id, bf16, dist)
             generator = torch.Generator().manual_seed(seed)
-            stats = ppo_update(policy, optimizer, scheduler, sequences, config, pad_id, bf16, generator)
+            stats = ppo_update(policy, optimizer, scheduler, sequences, config, pad_id, bf16, generator, dist)
         t_update = time.perf_counter() - t1
         # --- log
         failed_total += sum(e.failed for e in episodes)
@@ -561,15 +583,19 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
         }
         state.step, state.data_position = step + 1, state.data_position + config.prompts_per_step
         state.extras["failed_episodes"] = failed_total
-        records.append(logger.log(step + 1, record))
-        if config.checkpoint_interval and state.step % config.checkpoint_interval == 0 or state.step == config.steps:
+        records.append(logger.log(step + 1, record) if logger is not None else record)
+        if dist.main and (config.checkpoint_interval and state.step % config.checkpoint_interval == 0
+                          or state.step == config.steps):
             save_checkpoint(out, state, policy, optimizer, scheduler, config.to_dict(), keep=config.keep_checkpoints)
         if on_step is not None:
             on_step(state.step, records[-1])
-    logger.close()
+    if logger is not None:
+        logger.close()
     final_dir = None
     if save_final and state.step == config.steps:
         final_dir = out / "final"
-        policy.save_pretrained(final_dir)
-        tokenizer.save_pretrained(final_dir)
+        if dist.main:
+            policy.save_pretrained(final_dir)
+            tokenizer.save_pretrained(final_dir)
+    dist.barrier()
     return GRPOResult(out, state.step, records, failed_total, final_dir, time.perf_counter() - started)

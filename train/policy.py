@@ -10,7 +10,7 @@ import contextlib
 import copy
 import math
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import torch
 
@@ -148,15 +148,19 @@ def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: f
 
 
 def forward_micro_batches(model: Any, sequences: Any, micro_batch_tokens: int, pad_id: int, bf16: bool,
-                          temperature: float = 1.0, with_entropy: bool = False) -> Iterator[tuple[Any, ...]]:
+                          temperature: float = 1.0, with_entropy: bool = False,
+                          mine: Callable[[int], bool] | None = None) -> Iterator[tuple[Any, ...]]:
     """The one micro-batch forward loop of SFT and GRPO: for each micro-batch of at most ``micro_batch_tokens``
     padded tokens, yields ``(indices, batch, logprobs, entropy)`` -- the sequences' indices, the collated batch,
     and the logprobs (and entropies) of its loss tokens (:func:`selected_logprobs`, under bf16 autocast when on).
-    Gradients flow unless the caller runs it under ``torch.no_grad()``."""
+    Gradients flow unless the caller runs it under ``torch.no_grad()``. ``mine(k)``: whether this process runs
+    micro-batch ``k`` (data parallelism splits the same micro-batches over the ranks; default all)."""
     from train.sequences import collate, micro_batches
 
     device = model_device(model)
-    for indices in micro_batches([len(s) for s in sequences], micro_batch_tokens):
+    for number, indices in enumerate(micro_batches([len(s) for s in sequences], micro_batch_tokens)):
+        if mine is not None and not mine(number):
+            continue
         batch = collate([sequences[i] for i in indices], pad_id)
         with autocast(bf16, device):
             logprobs, entropy = selected_logprobs(model, batch, temperature, with_entropy=with_entropy)

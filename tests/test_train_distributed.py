@@ -1,0 +1,113 @@
+"""Data-parallel GRPO under torchrun (train.distributed): two CPU processes (gloo) against one process on the
+same global batch, and a run that loses a rank and resumes from its checkpoint.
+
+Every run is a real subprocess (``python -m train`` or ``torchrun -m train``) on a micro model; threads are
+fixed to one per process so that the comparison does not depend on the machine's core count.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from tests.support.tiny_models import micro_config, micro_model_dir
+
+pytestmark = pytest.mark.slow
+TORCHRUN = Path(sys.executable).with_name("torchrun")
+ENV = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(Path(__file__).resolve().parents[1])}
+
+
+def _config(tmp_path: Path, name: str, **changes) -> Path:
+    model = tmp_path / "model"
+    if not (model / "config.json").exists():
+        micro_model_dir(model, seed=2)
+    config = micro_config(model, tmp_path / name, **{**dict(
+        steps=2, group_size=2, prompts_per_step=4, max_new_tokens=10, max_turns=1, kl_coef=0.05,
+        ppo_mini_batches=2, num_threads=1, seed=5), **changes})
+    path = tmp_path / f"{name}.yaml"
+    path.write_text(config.to_yaml())
+    return path
+
+
+def _command(config: Path, world: int, *extra: str) -> list[str]:
+    if world == 1:
+        return [sys.executable, "-m", "train", "--config", str(config), *extra]
+    return [str(TORCHRUN), "--standalone", f"--nproc-per-node={world}", "-m", "train", "--config", str(config),
+            *extra]
+
+
+def _run(config: Path, world: int, *extra: str) -> None:
+    done = subprocess.run(_command(config, world, *extra), env=ENV, capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-4000:]
+
+
+def _metrics(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines() if line.strip()]
+
+
+def _weights(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(next(folder.glob("*.safetensors"))))
+
+
+def _assert_same_weights(a: Path, b: Path, atol: float = 1e-5) -> None:
+    left, right = _weights(a), _weights(b)
+    assert left.keys() == right.keys()
+    worst = max(float((left[k] - right[k]).abs().max()) for k in left)
+    assert worst <= atol, f"largest weight difference {worst}"
+
+
+def test_two_ranks_give_the_loss_and_weights_of_one_process_on_the_same_global_batch(tmp_path):
+    _run(_config(tmp_path, "one"), 1)
+    _run(_config(tmp_path, "two"), 2)
+    one, two = _metrics(tmp_path / "one"), _metrics(tmp_path / "two")
+    assert [r["step"] for r in two] == [1, 2]
+    for a, b in zip(one, two):
+        assert a["reward/mean"] == b["reward/mean"]  # the same episodes: rollouts are seeded per action
+        assert a["sequences"] == b["sequences"] and a["loss_tokens"] == b["loss_tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    _assert_same_weights(tmp_path / "one" / "final", tmp_path / "two" / "final")
+    assert sorted(p.name for p in (tmp_path / "two" / "checkpoints").iterdir()) == ["step-000001", "step-000002"]
+
+
+def test_a_run_that_loses_a_rank_resumes_from_its_checkpoint_and_ends_where_an_unbroken_run_ends(tmp_path):
+    _run(_config(tmp_path, "unbroken", steps=3), 1)
+    config = _config(tmp_path, "broken", steps=3)
+    job = subprocess.Popen(_command(config, 2), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    first = tmp_path / "broken" / "checkpoints" / "step-000001"
+    while not first.exists() and job.poll() is None:
+        time.sleep(0.05)
+    victim = _rank_pid(job.pid, rank=1)
+    os.kill(victim, 9)
+    job.communicate(timeout=600)
+    assert job.returncode != 0 and not (tmp_path / "broken" / "final").exists()
+    _run(config, 2, "--resume", "auto")
+    _assert_same_weights(tmp_path / "unbroken" / "final", tmp_path / "broken" / "final")
+    steps = [r["step"] for r in _metrics(tmp_path / "broken")]
+    assert steps[-1] == 3 and sorted(set(steps)) == [1, 2, 3]
+
+
+def _rank_pid(parent: int, rank: int) -> int:
+    """The pid of the torchrun worker with ``RANK=rank`` among ``parent``'s descendants."""
+    import psutil
+
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        for child in psutil.Process(parent).children(recursive=True):
+            try:
+                if child.environ().get("RANK") == str(rank):
+                    return child.pid
+            except psutil.Error:
+                continue
+        time.sleep(0.05)
+    raise AssertionError(f"no worker with RANK={rank} under pid {parent}")
