@@ -60,16 +60,11 @@ def bfcl(policy: str, categories: str, limit: int | None, out: Path, concurrency
         skip_reason = web_search_unavailable() if set(options.categories) & set(WEB_SEARCH_CATEGORIES) else None
         if skip_reason:
             stderr.print(f"[yellow]{skip_reason}[/yellow]", soft_wrap=True)
-        with _Progress(stderr) as progress:
+        with _BfclProgress(stderr) as progress:
             report = run_bfcl(options, on_event=progress.update)
     except (BfclError, SpecError) as exc:
         raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(report.markdown(), err=True)
-        click.echo(json.dumps(report.to_json()))
-    else:
-        click.echo(report.markdown())
-        click.echo(f"Report: {out / 'bfcl_results.md'} and {out / 'bfcl_results.json'} ({report.elapsed_s:.1f} s)")
+    _print_report(report, out / "bfcl_results", as_json)
 
 
 @bench.command("tau2")
@@ -112,20 +107,26 @@ def tau2(policy: str, user: str, domains: str, trials: int, limit: int | None, t
             report = run_tau2(options, on_event=progress.update)
     except (Tau2Error, SpecError) as exc:
         raise click.ClickException(str(exc)) from None
-    if as_json:
-        click.echo(report.markdown(), err=True)
-        click.echo(json.dumps(report.to_json()))
-    else:
-        click.echo(report.markdown())
-        click.echo(f"Report: {out / 'tau2_results.md'} and {out / 'tau2_results.json'} ({report.elapsed_s:.1f} s)")
+    _print_report(report, out / "tau2_results", as_json)
     failed = sum(row["failed"] for row in report.domains.values())
     if failed:
         raise click.ClickException(f"{failed} simulation(s) failed (see the notes above); run the same command "
                                    "again to retry them: the run resumes")
 
 
-class _Tau2Progress:
-    """One progress phase per domain; failed simulations become notes."""
+def _print_report(report: Any, stem: Path, as_json: bool) -> None:
+    """The report's Markdown table on stdout, or on stderr with one JSON line on stdout (``--json``)."""
+    if as_json:
+        click.echo(report.markdown(), err=True)
+        click.echo(json.dumps(report.to_json()))
+    else:
+        click.echo(report.markdown())
+        click.echo(f"Report: {stem}.md and {stem}.json ({report.elapsed_s:.1f} s)")
+
+
+class _PhaseProgress:
+    """A benchmark's events as progress phases (:class:`cm2_env.progress.Phases`), one per category or domain;
+    subclasses turn events into ``self._counts`` (phase -> [done, total]) updates and notes."""
 
     def __init__(self, console: Any) -> None:
         from cm2_env.progress import Phases
@@ -133,53 +134,46 @@ class _Tau2Progress:
         self._phases = Phases(console=console)
         self._counts: dict[str, list[int]] = {}
 
-    def __enter__(self) -> "_Tau2Progress":
+    def __enter__(self) -> "_PhaseProgress":
         self._phases.__enter__()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._phases.__exit__(*exc)
 
+    def _start(self, phase: str, total: int, todo: int) -> None:
+        self._counts[phase] = [total - todo, total]
+        self._phases(phase, *self._counts[phase])
+
+    def _advance(self, phase: str) -> None:
+        if phase in self._counts:
+            self._counts[phase][0] += 1
+            self._phases(phase, *self._counts[phase])
+
+
+class _Tau2Progress(_PhaseProgress):
+    """One progress phase per domain; failed simulations become notes."""
+
     def update(self, event: dict[str, Any]) -> None:
         domain = event.get("domain", "")
         if event.get("event") == "domain":
-            self._counts[domain] = [event["total"] - event["todo"], event["total"]]
-            self._phases(domain, *self._counts[domain])
-        elif event.get("event") == "simulation" and domain in self._counts:
-            self._counts[domain][0] += 1
-            self._phases(domain, *self._counts[domain])
+            self._start(domain, event["total"], event["todo"])
+        elif event.get("event") == "simulation":
+            self._advance(domain)
             if event.get("error"):
                 self._phases.note(f"{domain} task {event['task_id']} trial {event['trial']}: "
                                   f"{shorten(str(event['error']), 200)}")
 
 
-class _Progress:
-    """Turns the BFCL worker's events into one progress phase per category (:class:`cm2_env.progress.Phases`)."""
-
-    def __init__(self, console: Any) -> None:
-        from cm2_env.progress import Phases
-
-        self._phases = Phases(console=console)
-        self._counts: dict[str, list[int]] = {}  # category -> [done, total]
-
-    def __enter__(self) -> "_Progress":
-        self._phases.__enter__()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self._phases.__exit__(*exc)
+class _BfclProgress(_PhaseProgress):
+    """The BFCL worker's events: one progress phase per category."""
 
     def update(self, event: dict[str, Any]) -> None:
         kind = event.get("event")
         if kind == "category":
-            category, total = event["category"], event["total"]
-            self._counts[category] = [total - event["todo"], total]
-            self._phases(category, *self._counts[category])
+            self._start(event["category"], event["total"], event["todo"])
         elif kind == "entry":
-            category = event["id"].rsplit("_", 1)[0]
-            if category in self._counts:
-                self._counts[category][0] += 1
-                self._phases(category, *self._counts[category])
+            self._advance(event["id"].rsplit("_", 1)[0])
             if event.get("error"):
                 self._phases.note(f"{event['id']}: {shorten(str(event['error']), 200)}")
         elif kind == "scored":

@@ -272,9 +272,9 @@ def test_training_phases_report_plain_lines_with_their_info_off_a_terminal(capsy
 
 
 def test_benchmark_progress_reports_categories_errors_and_scores_as_plain_lines(capsys):
-    from benchmarks.cli import _Progress
+    from benchmarks.cli import _BfclProgress
 
-    with _Progress(console=None) as progress:
+    with _BfclProgress(console=None) as progress:
         progress.update({"event": "category", "category": "multi_turn_base", "total": 2, "todo": 2})
         progress.update({"event": "entry", "id": "multi_turn_base_0"})
         progress.update({"event": "entry", "id": "multi_turn_base_1", "error": "x" * 500})
