@@ -9,7 +9,7 @@ in a child process that can inject faults and die mid-run (a test double of exte
 
 :func:`start_role_server` starts it in a ``spawn`` child and returns ``(spec, process, stop_event)``.
 ``fault_rate``: that share of the distinct requests (chosen by a hash of the request body, not by chance) gets a
-fault on its first arrival -- HTTP 500, HTTP 429, a garbage body, an empty completion, or a 1.5 s stall -- and the
+fault on its first arrival -- HTTP 500, HTTP 429, a garbage body, an empty completion, or a 30 s stall -- and the
 real answer when it is sent again, so a client that retries always gets through and the outcome never depends
 on timing. ``die_after`` makes the process exit abruptly (``os._exit``) when that many chat requests have
 arrived, dropping its connections.
@@ -49,7 +49,7 @@ def respond(body: dict[str, Any]) -> Any:
         {"id": "call_1", "type": "function", "function": {"name": free[0], "arguments": "{}"}}]}
 
 
-FAULTS = (Fault.http(500), Fault.http(429, retry_after=0), Fault.garbage(), Fault.empty(), Fault.stall(1.5))
+FAULTS = (Fault.http(500), Fault.http(429, retry_after=0), Fault.garbage(), Fault.empty(), Fault.stall(30.0))
 
 
 def _serve(spec_queue: Any, stop_event: Any, fault_rate: float, die_after: int | None) -> None:
