@@ -5,6 +5,8 @@
 - :class:`~agents.endpoint.EndpointAgent`: any OpenAI-compatible endpoint.
 - :class:`~agents.transformers_agent.TransformersAgent`: a local transformers model, batched generation, token
   bookkeeping for training.
+- :class:`~agents.vllm_agent.VLLMAgent` / :class:`~agents.vllm_agent.RemoteVLLMAgent`: the same bookkeeping,
+  sampled by vLLM in this process or on vLLM servers (docs/scaling.md).
 - :class:`~agents.probes.ProbeAgent`: deliberately gaming policies that measure whether a judge can be gamed.
 - :func:`make_agent`: build one from a spec string (``cm2_env.specs``: ``replay``, ``probe:KIND``,
   ``openai:URL#model``, ``hf:PATH``, ``MODULE:ATTRIBUTE``); :func:`load_agent` imports a Python one.
@@ -57,7 +59,8 @@ def load_agent(path: str) -> Agent:
 def make_agent(spec: str, dialogues: Sequence[Any] = (), *, role: str = "policy", **options: Any) -> Agent:
     """An agent from a spec string (``cm2_env.specs``): ``replay``, ``probe:KIND[+calls]`` (agents.probes), an
     endpoint ``openai:URL#model`` (or ``vllm:``/``sglang:``), ``hf:PATH`` (a local transformers model folder with
-    a chat-template tokenizer) or ``MODULE:ATTRIBUTE``. ``role`` is the grammar's role (``"bench"`` for benchmark
+    a chat-template tokenizer; option ``engine="vllm"`` samples it with a colocated vLLM engine, with
+    ``max_model_len`` and ``dtype`` for the engine) or ``MODULE:ATTRIBUTE``. ``role`` is the grammar's role (``"bench"`` for benchmark
     adapters). ``options`` go to the agent's constructor (endpoint and ``hf:`` agents only). A bad spec or option
     raises ``cm2_env.errors.SpecError``."""
     parsed = parse(spec, role)
@@ -88,6 +91,16 @@ def make_agent(spec: str, dialogues: Sequence[Any] = (), *, role: str = "policy"
             raise SpecError(f"{name} spec {parsed.text!r}: {parsed.value!r} is not a local model folder (no "
                             "config.json there). Fix: give the folder of a saved model, e.g. "
                             "hf:runs/tiny-cpu/grpo/final (cm2 never downloads models)")
+        engine = options.pop("engine", "transformers")
+        if engine == "vllm":  # the same policy sampled by a colocated vLLM engine (agents.vllm_agent)
+            from agents.vllm_agent import VLLMAgent, VLLMEngine
+
+            vllm_engine = VLLMEngine(parsed.value, max_model_len=int(options.pop("max_model_len", 8192)),
+                                     dtype=str(options.pop("dtype", "auto")))
+            return VLLMAgent(vllm_engine, AutoTokenizer.from_pretrained(parsed.value), **options)
+        if engine != "transformers":
+            raise SpecError(f"{name} spec {parsed.text!r}: unknown engine {engine!r}. Fix: engine='transformers' "
+                            "(default) or engine='vllm'")
         return TransformersAgent(AutoModelForCausalLM.from_pretrained(parsed.value),
                                  AutoTokenizer.from_pretrained(parsed.value), **options)
     return load_agent(parsed.value)

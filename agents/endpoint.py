@@ -26,6 +26,12 @@ _CONTEXT_LENGTH = re.compile(r"maximum context length|context[_ ]length|max_mode
                              r"too many tokens", re.IGNORECASE)
 
 
+def context_overflow(exc: Exception) -> bool:
+    """Whether a server's error says the prompt (plus the completion budget) exceeds the model's context: then
+    the agent raises :class:`~agents.base.ContextLimitExceeded` and the episode is truncated, not failed."""
+    return isinstance(exc, LLMStatusError) and exc.status_code == 400 and bool(_CONTEXT_LENGTH.search(str(exc)))
+
+
 class EndpointAgent:
     """Policy behind an OpenAI-compatible endpoint given by a spec string (see docs/llm.md).
 
@@ -57,7 +63,7 @@ class EndpointAgent:
                 openai_conformant(messages), tools=(tools or None) if self.native_tools else None, **sampling
             )
         except LLMStatusError as exc:
-            if exc.status_code == 400 and _CONTEXT_LENGTH.search(str(exc)):
+            if context_overflow(exc):
                 raise ContextLimitExceeded(str(exc)) from exc
             raise
         parsed = parse(result.text, tool_calls=result.tool_calls or None)

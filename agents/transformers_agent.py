@@ -14,35 +14,16 @@ never on which other requests share its batch, so the same seeds give the same a
 
 from __future__ import annotations
 
-import asyncio
-from dataclasses import dataclass
-from typing import Any, Mapping
+from typing import Any
 
-from agents.base import AgentStep, ContextLimitExceeded
-from agents.token_path import SeededSampler, sampling_seed
-from agents.token_path import eos_token_id, pad_token_id, prompt_ids
-from cm2_env.toolcalls import parse, to_assistant_message
+from agents.token_agent import BatchedTokenAgent
+from agents.token_path import SeededSampler
 
 
-@dataclass
-class _Request:
-    prompt_ids: list[int]
-    seed: int
-    future: asyncio.Future
-
-
-class TransformersAgent:
-    """Policy backed by a local ``transformers`` causal LM and its tokenizer (chat template with tools).
-
-    temperature 0 means greedy decoding (logprobs are then plain log-softmax). A prompt longer than
-    ``max_prompt_tokens`` raises :class:`~agents.base.ContextLimitExceeded` (the rollout engine then ends the
-    episode as truncated): cutting it would silently drop the system prompt and tools.
-
-    Each action samples with its own seed: ``context["sampling_seed"]`` when the caller gives one (the rollout
-    engine does: a function of rollout seed, dialogue, group member and action index), otherwise a seed derived
-    from ``seed`` and the number of ``act`` calls so far -- reproducible only when calls arrive in the same order.
-    torch's global generator is never used.
-    """
+class TransformersAgent(BatchedTokenAgent):
+    """Policy backed by a local ``transformers`` causal LM and its tokenizer (chat template with tools); the
+    prompt, seeding and batching rules are :class:`agents.token_agent.TokenAgent`'s. torch's global generator is
+    never used."""
 
     def __init__(
         self,
@@ -56,89 +37,11 @@ class TransformersAgent:
         max_prompt_tokens: int | None = None,
         seed: int | None = None,
     ):
+        super().__init__(tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
+                         max_batch_size=max_batch_size, max_prompt_tokens=max_prompt_tokens, seed=seed)
         self.model = model
-        self.tokenizer = tokenizer
-        self.max_new_tokens = max_new_tokens
-        self.temperature = temperature
-        self.top_p = top_p
-        self.max_batch_size = max_batch_size
-        self.max_prompt_tokens = max_prompt_tokens
-        self.eos_id = eos_token_id(tokenizer)
-        self.pad_id = pad_token_id(tokenizer)
-        self._queue: list[_Request] = []
-        self._worker: asyncio.Task | None = None
-        self.batches: list[int] = []  # sizes of the generate() batches run, for tests and metrics
-        self.seed = 0 if seed is None else int(seed)
-        self._calls = 0
-
-    def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
-        """The chat-template token ids of ``messages`` + tools, ending with the assistant generation prompt."""
-        ids = prompt_ids(self.tokenizer, messages, tools)
-        if self.max_prompt_tokens is not None and len(ids) > self.max_prompt_tokens:
-            raise ContextLimitExceeded(f"the prompt has {len(ids)} tokens; max_prompt_tokens is "
-                                       f"{self.max_prompt_tokens}")
-        return ids
-
-    async def act(
-        self,
-        messages: list[dict[str, Any]],
-        tools: list[dict[str, Any]],
-        context: Mapping[str, Any] | None = None,
-    ) -> AgentStep:
-        prompt = self.prompt_ids(messages, tools)
-        seed = (context or {}).get("sampling_seed")
-        if seed is None:
-            seed = sampling_seed("agent", self.seed, self._calls)
-        self._calls += 1
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Request(prompt, int(seed), future))
-        if self._worker is None or self._worker.done():
-            self._worker = asyncio.create_task(self._drain())
-        completion, logprobs = await future
-        text = self.tokenizer.decode(
-            [t for t in completion if t != self.eos_id], skip_special_tokens=False
-        )
-        # Keep the markup tokens (<tool_call>, <think>) but drop padding-like special tokens that may be emitted.
-        for special in ("<|endoftext|>", "<|im_start|>"):
-            text = text.replace(special, "")
-        message = to_assistant_message(parse(text))
-        return AgentStep(
-            text=text,
-            message=message,
-            prompt_ids=prompt,
-            completion_ids=completion,
-            logprobs=logprobs,
-            usage={"prompt_tokens": len(prompt), "completion_tokens": len(completion)},
-        )
-
-    async def _drain(self) -> None:
-        # Yield once so that every episode that is ready to act in this loop iteration can enqueue first.
-        await asyncio.sleep(0)
-        while self._queue:
-            batch, self._queue = self._queue[: self.max_batch_size], self._queue[self.max_batch_size :]
-            await self._run_batch(batch)
-
-    async def _run_batch(self, batch: list[_Request]) -> None:
-        """Generate for ``batch``; when that fails (out of memory, a bad request), split it in halves and try
-        again, so that a failure reaches only the requests that cause it. Seeded sampling makes the halves'
-        samples the same as the whole batch's would have been."""
-        try:
-            results = await asyncio.to_thread(self._generate, [r.prompt_ids for r in batch], [r.seed for r in batch])
-        except Exception as exc:  # noqa: BLE001 - surfaced in the act() calls it concerns
-            if len(batch) == 1:
-                if not batch[0].future.done():
-                    batch[0].future.set_exception(exc)
-                return
-            half = len(batch) // 2
-            await self._run_batch(batch[:half])
-            await self._run_batch(batch[half:])
-            return
-        for request, result in zip(batch, results):
-            if not request.future.done():
-                request.future.set_result(result)
 
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list[tuple[list[int], list[float]]]:
-        self.batches.append(len(prompts))
         return generate_seeded(self.model, prompts, seeds, max_new_tokens=self.max_new_tokens,
                                temperature=self.temperature, top_p=self.top_p, eos_id=self.eos_id,
                                pad_id=self.pad_id)

@@ -8,6 +8,7 @@ takes ~45 s to start, once per session.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -67,19 +68,18 @@ def model_dir(vllm_python, tmp_path_factory) -> Path:
     return Path(build_tiny(tmp_path_factory.mktemp("tiny-vllm"), preset="vllm"))
 
 
-@pytest.fixture(scope="session")
-def vllm_server(vllm_python, model_dir, tmp_path_factory):
-    """The base URL (``http://127.0.0.1:PORT/v1``) of a running vLLM CPU server, shared by every vllm_cpu
-    test of the session and stopped at its end."""
+@contextlib.contextmanager
+def running_vllm_server(vllm_python: Path, model: Path, log_path: Path, *, served_name: str = SERVED_NAME,
+                        extra_env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()):
+    """A vLLM CPU server on a free loopback port serving ``model``; yields its base URL (``.../v1``) and stops
+    it on exit. A server that does not become healthy fails the test with its log's tail."""
     port = _free_port()
-    log_path = tmp_path_factory.mktemp("vllm-log") / "server.log"
     env = {**os.environ, "VLLM_TARGET_DEVICE": "cpu", "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1",
-           "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1"}
+           "VLLM_CPU_KVCACHE_SPACE": "1", "VLLM_NO_USAGE_STATS": "1", "DO_NOT_TRACK": "1", **(extra_env or {})}
     env.pop("PYTHONPATH", None)  # the vLLM venv must not see the project venv's packages
-    command = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model_dir),
-               "--served-model-name", SERVED_NAME, "--host", "127.0.0.1", "--port", str(port),
-               "--max-model-len", "2048", "--dtype", "float32",
-               "--enable-auto-tool-choice", "--tool-call-parser", "hermes"]
+    command = [str(vllm_python), "-m", "vllm.entrypoints.openai.api_server", "--model", str(model),
+               "--served-model-name", served_name, "--host", "127.0.0.1", "--port", str(port),
+               "--max-model-len", "2048", "--dtype", "float32", *extra_args]
     with open(log_path, "wb") as log:
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     base = f"http://127.0.0.1:{port}"
@@ -100,3 +100,13 @@ def vllm_server(vllm_python, model_dir, tmp_path_factory):
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, signal.SIGKILL)
                 process.wait()
+
+
+@pytest.fixture(scope="session")
+def vllm_server(vllm_python, model_dir, tmp_path_factory):
+    """The base URL (``http://127.0.0.1:PORT/v1``) of a running vLLM CPU server, shared by every vllm_cpu
+    test of the session and stopped at its end."""
+    log_path = tmp_path_factory.mktemp("vllm-log") / "server.log"
+    with running_vllm_server(vllm_python, model_dir, log_path,
+                             extra_args=("--enable-auto-tool-choice", "--tool-call-parser", "hermes")) as url:
+        yield url

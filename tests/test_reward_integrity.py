@@ -236,7 +236,8 @@ def test_a_policy_error_fails_its_episode_and_the_rest_of_the_batch_goes_on():
 
 
 def test_a_batch_that_fails_to_generate_is_split_so_only_the_bad_request_fails():
-    from agents.transformers_agent import TransformersAgent, _Request
+    from agents.token_agent import _Request
+    from agents.transformers_agent import TransformersAgent
     from tests.support.tiny_models import micro_model_dir
     from train.policy import load_model, load_tokenizer
 

@@ -14,7 +14,8 @@ from agents.rollout import EpisodeResult
 from cm2_env.data import load_dialogues
 from tests.support.tiny_models import micro_model_dir
 from train.config import GRPOConfig
-from train.grpo import step_seed, train, training_sequences, transformers_agent
+from train.grpo import step_seed, train, training_sequences
+from train.rollout_engine import transformers_agent
 
 
 @pytest.fixture(scope="module")

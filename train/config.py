@@ -30,7 +30,8 @@ from cm2_env.specs import choices, parse
 
 SCHEDULES = ("constant", "linear", "cosine")
 BF16_MODES = ("auto", "true", "false")
-OLD_LOGPROBS = ("sampler", "recompute")
+OLD_LOGPROBS = ("auto", "sampler", "recompute")
+ROLLOUT_ENGINES = ("transformers", "vllm")  # train/rollout_engine.py
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # train.grpo, section 4
 
 
@@ -214,7 +215,19 @@ class GRPOConfig(RunConfig):
     micro_batch_tokens: int = 8192  # gradient accumulation: at most this many (padded) tokens per forward
     mask_truncated_completions: bool = False  # no loss on completions cut by max_new_tokens (DAPO overlong filter)
     skip_zero_advantage: bool = False  # drop episodes whose every advantage is 0 (saves compute; no KL on them)
-    old_logprobs: str = "sampler"  # sampler = the agent's sampling logprobs; recompute = a forward before update
+    old_logprobs: str = "auto"  # sampler = the agent's sampling logprobs; recompute = a forward before update;
+    # auto = recompute with rollout_engine vllm (other kernels than the trainer's), sampler otherwise
+
+    # --- rollout engine (train/rollout_engine.py, docs/scaling.md) ------------------------------------------
+    rollout_engine: str = "transformers"  # transformers (model.generate in the trainer) | vllm
+    rollout_endpoint: str = ""  # vllm: "" = a colocated engine; vllm:URL[,URL...]#MODEL = vLLM servers
+    weight_sync_dir: str = ""  # vllm servers: a folder they read new weights from ("" = OUTPUT_DIR/weight-sync)
+    vllm_tensor_parallel_size: int = 1  # colocated engine: GPUs per engine
+    vllm_gpu_memory_utilization: float = 0.5  # colocated engine: its share of GPU memory (weights + KV cache)
+    vllm_sleep: bool = True  # colocated engine: free its GPU memory during updates (vLLM sleep mode; GPUs only)
+    vllm_max_model_len: int = 0  # colocated engine: tokens per request (0 = max_prompt_tokens + max_new_tokens)
+    vllm_dtype: str = "auto"  # colocated engine: vLLM dtype (auto = the checkpoint's; float32 on CPUs)
+    vllm_enforce_eager: bool = False  # colocated engine: no CUDA graphs (faster start, slower decode)
 
     # --- evaluation ---------------------------------------------------------------------------------------
     eval_dialogues: int = 0  # measure the mean reward on the first N training dialogues (0 = skip)
@@ -234,6 +247,28 @@ class GRPOConfig(RunConfig):
         choice("normaliser", L_MODES)
         choice("lr_schedule", SCHEDULES)
         choice("old_logprobs", OLD_LOGPROBS)
+        choice("rollout_engine", ROLLOUT_ENGINES)
+        if self.rollout_endpoint:
+            if self.rollout_engine != "vllm":
+                fail("rollout_endpoint", "is set but rollout_engine is not vllm", "set rollout_engine: vllm or "
+                     "remove rollout_endpoint")
+            try:
+                if parse(self.rollout_endpoint, "policy").kind != "endpoint":
+                    fail("rollout_endpoint", f"{self.rollout_endpoint!r} is not an endpoint spec",
+                         "write vllm:http://HOST:PORT/v1#MODEL (several URLs separated by commas)")
+            except SpecError as exc:
+                fail("rollout_endpoint", str(exc).partition(". Fix: ")[0], "write vllm:http://HOST:PORT/v1#MODEL")
+        if self.rollout_engine == "vllm" and self.lora:
+            fail("lora", "LoRA training with rollout_engine vllm is not supported (the engine would need the "
+                 "merged weights at every push)", "set lora: false or rollout_engine: transformers")
+        if self.vllm_tensor_parallel_size < 1:
+            fail("vllm_tensor_parallel_size", f"must be at least 1, got {self.vllm_tensor_parallel_size}",
+                 "use 1, or the number of GPUs per engine")
+        if not 0 < self.vllm_gpu_memory_utilization <= 1:
+            fail("vllm_gpu_memory_utilization", f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}",
+                 "use e.g. 0.5 when the engine shares the GPU with the trainer")
+        if self.vllm_max_model_len < 0:
+            fail("vllm_max_model_len", f"must be >= 0, got {self.vllm_max_model_len}", "use 0 (default)")
         choice("loss_aggregation", LOSS_AGGREGATIONS)
         choice("invalid_call_policy", INVALID_CALL_POLICIES)
         for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "ppo_epochs", "ppo_mini_batches",
@@ -266,6 +301,13 @@ class GRPOConfig(RunConfig):
             except SpecError as exc:
                 problem, _, fix = str(exc).partition(". Fix: ")
                 fail(name, problem, fix or f"use {choices(name)}")
+
+    @property
+    def recompute_old_logprobs(self) -> bool:
+        """Whether the trainer recomputes the old policy's logprobs (``old_logprobs``, ``auto`` resolved)."""
+        if self.old_logprobs == "auto":
+            return self.rollout_engine == "vllm"
+        return self.old_logprobs == "recompute"
 
 
 #: The fields of each part of a run file: shared (top level), GRPO's (top level), SFT's own (``sft:``).

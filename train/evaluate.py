@@ -12,14 +12,15 @@ from __future__ import annotations
 from typing import Any, Sequence
 
 from train.config import GRPOConfig
-from train.grpo import AgentFactory, collect_rollouts, transformers_agent
+from train.grpo import collect_rollouts
+from train.rollout_engine import AgentFactory, transformers_agent
 
 
 def measure_reward(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: GRPOConfig, *, seed: int = 0,
                    samples: int | None = None, temperature: float | None = None,
                    make_agent: AgentFactory = transformers_agent) -> dict[str, Any]:
     """Mean checklist reward of ``model`` on ``dialogues`` (see the module docstring); ``make_agent`` builds the
-    policy that samples (:data:`train.grpo.AgentFactory`)."""
+    policy that samples (:data:`train.rollout_engine.AgentFactory`)."""
     from agents.rollout import summarize
 
     samples = samples or config.eval_samples

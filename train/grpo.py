@@ -35,6 +35,7 @@ import torch
 from agents.token_path import eos_token_id, pad_token_id
 from train.config import LOSS_AGGREGATIONS, GRPOConfig
 from train.distributed import Distributed, init_distributed
+from train.rollout_engine import AgentFactory, rollout_factory, transformers_agent
 from train.policy import (ReferencePolicy, add_lora, configure_torch, forward_micro_batches, load_model,
                           load_tokenizer, make_optimizer, make_scheduler, model_device, use_bf16)
 from train.sequences import TokenSequence, episode_sequences, epoch_order
@@ -89,33 +90,22 @@ def env_kwargs(config: GRPOConfig, max_turns: int | None = None) -> dict[str, An
     }
 
 
-#: Builds the rollout policy of one collection: ``(model, tokenizer, config, seed, temperature) -> agent``. The
-#: agent must record every action's prompt ids, completion ids and sampling logprobs (``agents.AgentStep``) and
-#: sample from ``model``'s current weights; :func:`transformers_agent` is the default, and another sampler (a
-#: vLLM engine that syncs the weights first) drops in here without changes to the loop.
-AgentFactory = Callable[[Any, Any, GRPOConfig, int, float], Any]
-
-
-def transformers_agent(model: Any, tokenizer: Any, config: GRPOConfig, seed: int, temperature: float) -> Any:
-    """The default :data:`AgentFactory`: :class:`agents.TransformersAgent` on the model being trained."""
-    from agents import TransformersAgent
-
-    return TransformersAgent(model, tokenizer, max_new_tokens=config.max_new_tokens, temperature=temperature,
-                             top_p=config.top_p, max_batch_size=config.max_batch_size, seed=seed,
-                             max_prompt_tokens=config.max_prompt_tokens)
-
-
 def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: GRPOConfig, *, seed: int,
                      group_size: int, temperature: float, max_turns: int | None = None,
                      make_agent: AgentFactory = transformers_agent) -> list[Any]:
-    """``group_size`` episodes per dialogue, all concurrent, with the agent ``make_agent`` builds (generation
-    batched across the episodes by the default one)."""
+    """``group_size`` episodes per dialogue, all concurrent, with the agent ``make_agent`` builds
+    (:mod:`train.rollout_engine`; generation batched across the episodes). A factory with a ``rollouts_done()``
+    method is told when the collection ends (a colocated vLLM engine then frees its GPU memory)."""
     from agents.rollout import run_rollouts
 
     agent = make_agent(model, tokenizer, config, seed, temperature)
     concurrency = config.rollout_concurrency or len(dialogues) * group_size
-    return run_rollouts(dialogues, agent, group_size=group_size, env_kwargs=env_kwargs(config, max_turns),
-                        concurrency=concurrency, progress=False, seed=seed)
+    try:
+        return run_rollouts(dialogues, agent, group_size=group_size, env_kwargs=env_kwargs(config, max_turns),
+                            concurrency=concurrency, progress=False, seed=seed)
+    finally:
+        if hasattr(make_agent, "rollouts_done"):
+            make_agent.rollouts_done()
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -331,6 +321,16 @@ def fill_logprobs(model: Any, sequences: Sequence[TokenSequence], attribute: str
         setattr(sequences[i], attribute, values)
 
 
+def logprob_gap(sequences: Sequence[TokenSequence], sampled: Sequence[list[float]]) -> dict[str, float] | None:
+    """Mean and max |sampler logprob - trainer logprob| over the loss tokens (the first token of a sequence has
+    no prediction and is skipped): how far the rollout engine's numbers are from the trainer's."""
+    gaps = [abs(a - b) for s, before in zip(sequences, sampled)
+            for j, (a, b, m) in enumerate(zip(before, s.old_logprobs, s.loss_mask)) if m and j > 0]
+    if not gaps:
+        return None
+    return {"mean": float(np.mean(gaps)), "max": float(np.max(gaps)), "tokens": len(gaps)}
+
+
 # ---------------------------------------------------------------------------------------------------------
 # 5. update
 # ---------------------------------------------------------------------------------------------------------
@@ -500,12 +500,13 @@ def build_policy(config: GRPOConfig) -> tuple[Any, Any, ReferencePolicy | None]:
 
 def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_steps: int | None = None,
           on_step: Callable[[int, dict[str, Any]], None] | None = None, save_final: bool = True,
-          overwrite: bool = False, make_agent: AgentFactory = transformers_agent) -> GRPOResult:
+          overwrite: bool = False, make_agent: AgentFactory | None = None) -> GRPOResult:
     """Run (or resume) GRPO as configured. ``max_steps`` stops early after that many steps of this call (the
     schedule still spans ``config.steps``: how an interrupted run is simulated). ``on_step(step, record)`` is
     called after every step. An ``output_dir`` that holds an earlier run is refused unless the config resumes
     it or ``overwrite`` replaces it (its metrics, checkpoints and final model are removed first).
-    ``make_agent`` builds each step's rollout policy from the current weights (:data:`AgentFactory`)."""
+    ``make_agent`` builds each step's rollout policy from the current weights (:data:`AgentFactory`; default:
+    the one ``config.rollout_engine`` selects)."""
     from cm2_env.data import load_dialogues
     from train.checkpoint import (TrainerState, clear_run, load_checkpoint, previous_run, resolve_resume,
                                   save_checkpoint)
@@ -542,6 +543,7 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
               if dist.main else None)
     end = config.steps if max_steps is None else min(config.steps, state.step + max_steps)
     records, failed_total = [], int(state.extras.get("failed_episodes", 0))
+    make_agent = make_agent or rollout_factory(config)
     for step in range(state.step, end):
         t0 = time.perf_counter()
         # --- rollout
@@ -557,10 +559,12 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
                                        eos_token_id(tokenizer) if config.mask_truncated_completions else None)
         # --- loss inputs and update
         t1 = time.perf_counter()
-        stats = UpdateStats()
+        stats, mismatch = UpdateStats(), None
         if sequences:
-            if config.old_logprobs == "recompute":
+            if config.recompute_old_logprobs:
+                sampled = [list(s.old_logprobs) for s in sequences]
                 fill_logprobs(policy, sequences, "old_logprobs", config, pad_id, bf16, dist)
+                mismatch = logprob_gap(sequences, sampled)
             if reference is not None:
                 with reference.model() as ref_model:
                     fill_logprobs(ref_model, sequences, "ref_logprobs", config, pad_id, bf16, dist)
@@ -576,7 +580,8 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
             "clip_fraction": stats.clip_fraction, "ratio_max": stats.ratio_max, "ratio_min": stats.ratio_min,
             "grad_norm": stats.grad_norm,
             "lr": scheduler.get_last_lr()[0], "sequences": len(sequences), "loss_tokens": stats.tokens,
-            "failed_total": failed_total,
+            "failed_total": failed_total, "logprob_mismatch": mismatch,
+            **({"rollout_engine": make_agent.metrics()} if hasattr(make_agent, "metrics") else {}),
             "time": {"rollout_s": t_rollout, "update_s": t_update, "step_s": time.perf_counter() - t0},
             "tokens_per_s": {"rollout": generated / max(t_rollout, 1e-9),
                              "train": sum(len(s) for s in sequences) * config.ppo_epochs / max(t_update, 1e-9)},

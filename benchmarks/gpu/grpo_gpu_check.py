@@ -1,4 +1,4 @@
-"""A few GRPO steps of a Qwen3-0.6B-shaped random model on one GPU: prints tokens/s and peak memory.
+"""A few GRPO steps of a Qwen3-0.6B- (or 1.7B-) shaped random model on one GPU: prints tokens/s and peak memory.
 
 Needs only torch + transformers (and this repository's ``train`` package, which imports nothing else at module
 level); no download, no environment, no judge: prompts are random token ids, and each group's rewards are random
@@ -32,6 +32,8 @@ from train.sequences import episode_sequences  # noqa: E402
 QWEN3_0_6B = dict(vocab_size=151936, hidden_size=1024, intermediate_size=3072, num_hidden_layers=28,
                   num_attention_heads=16, num_key_value_heads=8, head_dim=128, max_position_embeddings=40960,
                   rope_theta=1_000_000.0, rms_norm_eps=1e-6, tie_word_embeddings=True)
+QWEN3_1_7B = dict(QWEN3_0_6B, hidden_size=2048, intermediate_size=6144)
+SIZES = {"0.6b": QWEN3_0_6B, "1.7b": QWEN3_1_7B}
 #: only for a CPU smoke test of this script (--smoke): same code path, a model small enough for a laptop
 SMOKE = dict(QWEN3_0_6B, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
              num_key_value_heads=1, head_dim=32)
@@ -65,6 +67,7 @@ def sample(model, prompts: torch.Tensor, new_tokens: int, temperature: float, bf
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--size", default="0.6b", choices=sorted(SIZES), help="Qwen3 shape")
     parser.add_argument("--steps", type=int, default=3)
     parser.add_argument("--prompts", type=int, default=8, help="prompts per step")
     parser.add_argument("--group", type=int, default=8, help="G rollouts per prompt")
@@ -84,7 +87,7 @@ def main(argv: list[str] | None = None) -> dict:
     config = GRPOConfig(model="<random>", steps=args.steps, group_size=args.group, prompts_per_step=args.prompts,
                          learning_rate=3e-6, kl_coef=args.kl_coef, micro_batch_tokens=args.micro_batch_tokens,
                          temperature=1.0, bf16="true" if bf16 else "false").validate()
-    model = build_model(device, SMOKE if args.smoke else QWEN3_0_6B)
+    model = build_model(device, SMOKE if args.smoke else SIZES[args.size])
     if not args.no_gradient_checkpointing:
         model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     reference = ReferencePolicy(model) if args.kl_coef > 0 else None

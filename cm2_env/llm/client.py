@@ -3,7 +3,8 @@
 Contract: ``make_client(spec, role=..., **options)`` builds a client for one model behind one or more
 OpenAI-compatible endpoints (spec grammar in ``cm2_env.llm.spec``). ``await client.chat(messages, tools=...,
 response_format=..., **sampling)`` returns a ``ChatResult`` or, after the last attempt, raises an ``LLMError``
-subclass naming the endpoint, the role and what went wrong. Per call:
+subclass naming the endpoint, the role and what went wrong; ``await client.complete(prompt, **sampling)`` does the
+same for a text completion (``/completions``, a string or token ids). Per call:
 
 1. the response cache is consulted (when configured, and the call is at temperature 0 or
    ``cache_any_temperature``); a hit returns without contacting any server;
@@ -42,7 +43,7 @@ from typing import Any
 
 from cm2_env.llm.cache import ResponseCache, request_key
 from cm2_env.llm.completion import ChatResult, InvalidCompletion, build_request, normalize_response_format, \
-    parse_completion
+    parse_completion, parse_text_completion
 from cm2_env.llm.errors import LLMConfigError, LLMConnectionError, LLMError, LLMInvalidResponseError, \
     LLMRateLimitError, LLMServerError, LLMStatusError, LLMTimeoutError
 from cm2_env.llm.limits import TokenBucket
@@ -56,6 +57,8 @@ API_KEY_ENV_VARS = ("CM2_API_KEY", "OPENAI_API_KEY")
 RETRYABLE_STATUS = frozenset({408, 409, 429})
 _STRUCTURED_OUTPUT_REJECTED = re.compile(r"response_format|json_schema|guided|structured", re.IGNORECASE)
 _timeout = asyncio.timeout if sys.version_info >= (3, 11) else None
+CHAT_PATH, COMPLETIONS_PATH = "/chat/completions", "/completions"
+_PARSERS = {CHAT_PATH: parse_completion, COMPLETIONS_PATH: parse_text_completion}
 
 
 @dataclass(frozen=True)
@@ -166,18 +169,30 @@ class ChatClient:
                    response_format: Any = None, **sampling: Any) -> ChatResult:
         """One chat completion (module docstring). ``sampling``: any other request-body field (temperature,
         max_tokens, logprobs, top_logprobs, seed, stop, tool_choice, vLLM extras...), over the client defaults."""
-        self._bind_loop()
         format_dict = normalize_response_format(response_format)
         request = build_request(self.model, messages, tools, format_dict, {**self._sampling, **sampling})
+        return await self._call(request, CHAT_PATH, structured=format_dict is not None)
+
+    async def complete(self, prompt: list[int] | str, **sampling: Any) -> ChatResult:
+        """One text completion (``/completions``) of ``prompt`` -- token ids or a string -- with the same
+        routing, retries, budgets and usage as :meth:`chat`. Token-level rollouts use it: the trainer renders the
+        prompt ids itself and asks vLLM for ``return_token_ids`` and ``logprobs``
+        (:func:`cm2_env.llm.completion.parse_text_completion` says what comes back)."""
+        request = {"model": self.model, "prompt": prompt, **self._sampling, **sampling}
+        return await self._call(request, COMPLETIONS_PATH, structured=False)
+
+    async def _call(self, request: dict[str, Any], path: str, *, structured: bool) -> ChatResult:
+        """The cache, the attempts and the accounting of one call (module docstring) to ``path``."""
+        self._bind_loop()
         role = self._usage.role(self.role)
         role.calls += 1
         cache_key = None
         if self._cache is not None and (self.options.cache_any_temperature or request.get("temperature") == 0):
-            cache_key = request_key(request)
+            cache_key = request_key({**request, "path": path}) if path != CHAT_PATH else request_key(request)
             body = self._cache.get(cache_key)
             if body is not None:
                 try:
-                    result = parse_completion(body, structured=format_dict is not None)
+                    result = _PARSERS[path](body, structured=structured)
                     role.cache_hits += 1
                     result.cached = True
                     return result
@@ -197,7 +212,7 @@ class ChatClient:
                     endpoint=urls, model=self.model, role=self.role, attempts=attempt - 1)
             role.requests += 1
             try:
-                endpoint, result = await self._attempt(request, structured=format_dict is not None)
+                endpoint, result = await self._attempt(request, path, structured=structured)
             except _Attempt as failure:
                 if failure.reason == "structured_output_unsupported":
                     role.retries += 1
@@ -263,17 +278,18 @@ class ChatClient:
         self._httpx = httpx
         self._loop = loop
 
-    async def _attempt(self, request: dict[str, Any], *, structured: bool) -> tuple[Endpoint, ChatResult]:
-        """Send ``request`` once, to the endpoint the pool picks; that endpoint and the result, or raise
+    async def _attempt(self, request: dict[str, Any], path: str, *,
+                       structured: bool) -> tuple[Endpoint, ChatResult]:
+        """Send ``request`` once to ``path``, at the endpoint the pool picks; that endpoint and the result, or raise
         ``_Attempt`` (with ``endpoint_url`` set). The rpm/tpm budget is taken before a slot is held."""
         estimate = await self._take_budget(request)
         endpoint = await self._pool.acquire()
         endpoint_failed = unreachable = False
         try:
-            body = await self._send(endpoint, request)
+            body = await self._send(endpoint, request, path)
             if self._tpm is not None and isinstance(body, dict) and isinstance(body.get("usage"), dict):
                 self._tpm.adjust(int(body["usage"].get("total_tokens") or 0) - estimate)
-            return endpoint, self._parse(body, structured)
+            return endpoint, self._parse(body, path, structured)
         except _Attempt as failure:
             failure.endpoint_url = endpoint.url
             endpoint_failed = failure.retryable and failure.reason != "structured_output_unsupported"
@@ -292,7 +308,7 @@ class ChatClient:
             await self._tpm.acquire(estimate)
         return estimate
 
-    async def _send(self, endpoint: Endpoint, request: dict[str, Any]) -> Any:
+    async def _send(self, endpoint: Endpoint, request: dict[str, Any], path: str) -> Any:
         import openai
 
         body = dict(request)
@@ -302,7 +318,7 @@ class ChatClient:
             # post() sends the body as JSON without the SDK's per-call type transform of the parameters, which
             # walks every message and tool schema (several ms per call for tool-heavy prompts); status errors,
             # auth and connection handling stay the SDK's.
-            call = endpoint.next_sdk().post("/chat/completions", body=body, cast_to=self._httpx.Response)
+            call = endpoint.next_sdk().post(path, body=body, cast_to=self._httpx.Response)
             if _timeout is not None:
                 async with _timeout(self.options.timeout_s):
                     raw = await call
@@ -331,9 +347,9 @@ class ChatClient:
             raise _Attempt("invalid_response", f"HTTP 200 body is not JSON: {snippet!r}", retryable=True) from None
 
     @staticmethod
-    def _parse(body: Any, structured: bool) -> ChatResult:
+    def _parse(body: Any, path: str, structured: bool) -> ChatResult:
         try:
-            return parse_completion(body, structured=structured)
+            return _PARSERS[path](body, structured=structured)
         except InvalidCompletion as exc:
             raise _Attempt("invalid_response", f"HTTP 200 body is not a valid completion: {exc}",
                            retryable=True) from None

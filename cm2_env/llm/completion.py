@@ -95,15 +95,30 @@ def _require(condition: bool, problem: str) -> None:
         raise InvalidCompletion(problem)
 
 
-def parse_completion(body: Any, *, structured: bool) -> ChatResult:
-    """The ``ChatResult`` of a decoded chat.completion ``body`` (choice 0). Raises ``InvalidCompletion``."""
+def _first_choice(body: Any) -> dict[str, Any]:
+    """Choice 0 of a completion body (chat or text), or ``InvalidCompletion``."""
     _require(isinstance(body, dict), f"body is a {type(body).__name__}, not a JSON object")
     if "error" in body and "choices" not in body:
         raise InvalidCompletion(f"body is an error object: {str(body['error'])[:300]}")
     choices = body.get("choices")
     _require(isinstance(choices, list) and len(choices) > 0, "body has no choices")
-    choice = choices[0]
-    _require(isinstance(choice, dict) and isinstance(choice.get("message"), dict), "choice 0 has no message")
+    _require(isinstance(choices[0], dict), "choice 0 is not an object")
+    return choices[0]
+
+
+def _usage(body: dict[str, Any]) -> dict[str, int]:
+    """The token counts the server reported (0 where absent; total = prompt + completion when missing)."""
+    reported = body.get("usage") if isinstance(body.get("usage"), dict) else {}
+    usage = {name: int(reported.get(name) or 0) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    if not usage["total_tokens"]:
+        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    return usage
+
+
+def parse_completion(body: Any, *, structured: bool) -> ChatResult:
+    """The ``ChatResult`` of a decoded chat.completion ``body`` (choice 0). Raises ``InvalidCompletion``."""
+    choice = _first_choice(body)
+    _require(isinstance(choice.get("message"), dict), "choice 0 has no message")
     message = choice["message"]
     content = message.get("content")
     _require(content is None or isinstance(content, str), "message content is not a string")
@@ -112,13 +127,30 @@ def parse_completion(body: Any, *, structured: bool) -> ChatResult:
              "message tool_calls is not a list of objects")
     _require(bool(content) or bool(tool_calls) or choice.get("finish_reason") is not None,
              "message has neither content nor tool calls nor a finish reason")
-    reported = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    usage = {name: int(reported.get(name) or 0) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
-    if not usage["total_tokens"]:
-        usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
+    usage = _usage(body)
     logprobs_block = choice.get("logprobs")
     logprobs = logprobs_block.get("content") if isinstance(logprobs_block, dict) else None
     text = content or ""
     return ChatResult(text=text, tool_calls=tool_calls, finish_reason=choice.get("finish_reason"), usage=usage,
                       logprobs=logprobs if isinstance(logprobs, list) else None,
                       parsed=extract_json(text) if structured else None, raw=body)
+
+
+def parse_text_completion(body: Any, *, structured: bool = False) -> ChatResult:
+    """The ``ChatResult`` of a decoded text_completion ``body`` (``/completions``, choice 0): ``text`` is the
+    choice's text, ``tool_calls`` empty, ``logprobs`` one ``{"token", "logprob"}`` entry per generated token when
+    the request asked for ``logprobs``. vLLM's ``token_ids`` (asked for with ``return_token_ids``) stay in
+    ``raw``. Raises ``InvalidCompletion``."""
+    choice = _first_choice(body)
+    _require(isinstance(choice.get("text", ""), str), "choice 0 has no text")
+    usage = _usage(body)
+    block = choice.get("logprobs")
+    logprobs = None
+    if isinstance(block, dict) and isinstance(block.get("token_logprobs"), list):
+        tokens = block.get("tokens") if isinstance(block.get("tokens"), list) else []
+        _require(all(isinstance(v, (int, float)) or v is None for v in block["token_logprobs"]),
+                 "logprobs.token_logprobs holds a non-number")
+        logprobs = [{"token": tokens[i] if i < len(tokens) else "", "logprob": float(v) if v is not None else 0.0}
+                    for i, v in enumerate(block["token_logprobs"])]
+    return ChatResult(text=choice.get("text") or "", tool_calls=[], finish_reason=choice.get("finish_reason"),
+                      usage=usage, logprobs=logprobs, raw=body)

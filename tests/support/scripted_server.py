@@ -3,6 +3,7 @@
 Contract (tests and other helpers code against it):
 
 - ``ScriptedServer(responder=None, *, latency_s=0.0, model="scripted")`` serves ``POST /v1/chat/completions``,
+  ``POST /v1/completions`` (the same responder; text completions need it to return a whole body),
   ``GET /v1/models`` and ``GET /health`` on 127.0.0.1 (a free port) from a background thread. One thread per
   connection (HTTP/1.1 keep-alive), a deep listen backlog: hundreds of concurrent connections are fine.
   Use it as a context manager (``with ScriptedServer(...) as srv:``) or call ``.start()`` / ``.stop()``.
@@ -274,7 +275,7 @@ def _make_handler(server: ScriptedServer) -> type[BaseHTTPRequestHandler]:
         def do_POST(self) -> None:  # noqa: N802
             length = int(self.headers.get("Content-Length") or 0)
             raw = self.rfile.read(length) if length else b""
-            if self.path.split("?")[0].rstrip("/") != "/v1/chat/completions":
+            if self.path.split("?")[0].rstrip("/") not in ("/v1/chat/completions", "/v1/completions"):
                 self._send_error(404, f"no route {self.path}")
                 return
             try:
