@@ -1,5 +1,6 @@
 """Data-parallel GRPO under torchrun (train.distributed): two CPU processes (gloo) against one process on the
-same global batch, and a run that loses a rank and resumes from its checkpoint.
+same global batch, and a run that loses a rank and resumes from its checkpoint -- replicated, and sharded with
+FSDP2 (sharded checkpoints).
 
 Every run is a real subprocess (``python -m train`` or ``torchrun -m train``) on a micro model; threads are
 fixed to one per process so that the comparison does not depend on the machine's core count.
@@ -95,6 +96,35 @@ def test_a_run_that_loses_a_rank_resumes_from_its_checkpoint_and_ends_where_an_u
     _assert_same_weights(tmp_path / "unbroken" / "final", tmp_path / "broken" / "final")
     steps = [r["step"] for r in _metrics(tmp_path / "broken")]
     assert steps[-1] == 3 and sorted(set(steps)) == [1, 2, 3]
+
+
+def test_fsdp2_ranks_match_one_process_and_resume_from_their_sharded_checkpoint(tmp_path):
+    _run(_config(tmp_path, "unbroken", steps=3), 1)
+    config = _config(tmp_path, "sharded", steps=3, data_parallel="fsdp2")
+    job = subprocess.Popen(_command(config, 2), env=ENV, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                           text=True)
+    first = tmp_path / "sharded" / "checkpoints" / "step-000001"
+    while not first.exists() and job.poll() is None:
+        time.sleep(0.05)
+    os.kill(_rank_pid(job.pid, rank=1), 9)
+    job.communicate(timeout=600)
+    assert job.returncode != 0 and not (tmp_path / "sharded" / "final").exists()
+    # every rank wrote its shards; nothing holds the whole model
+    assert (first / "sharded" / ".metadata").is_file() and not (first / "policy.safetensors").exists()
+    assert json.loads((first / "trainer_state.json").read_text())["sharded_world"] == 2
+    # a sharded checkpoint resumes on its own world size only, and says so
+    refused = subprocess.run(_command(config, 1, "--resume", "auto"), env=ENV, capture_output=True, text=True,
+                             timeout=600)
+    assert refused.returncode != 0 and "same number of ranks" in refused.stderr
+    _run(config, 2, "--resume", "auto")
+    unbroken, sharded = _metrics(tmp_path / "unbroken"), _metrics(tmp_path / "sharded")
+    assert sharded[-1]["step"] == 3
+    for a in unbroken:
+        b = [r for r in sharded if r["step"] == a["step"]][-1]
+        assert a["reward/mean"] == b["reward/mean"] and a["loss_tokens"] == b["loss_tokens"]
+        assert b["loss"] == pytest.approx(a["loss"], rel=1e-4, abs=1e-6)
+        assert b["grad_norm"] == pytest.approx(a["grad_norm"], rel=1e-4)
+    _assert_same_weights(tmp_path / "unbroken" / "final", tmp_path / "sharded" / "final")
 
 
 def _rank_pid(parent: int, rank: int) -> int:

@@ -210,6 +210,8 @@ def test_old_logprobs_auto_recomputes_exactly_with_the_vllm_engine():
     ({"rollout_engine": "sglang"}, "rollout_engine"),
     ({"rollout_engine": "vllm", "vllm_gpu_memory_utilization": 1.5}, "vllm_gpu_memory_utilization"),
     ({"rollout_engine": "vllm", "vllm_tensor_parallel_size": 0}, "vllm_tensor_parallel_size"),
+    ({"data_parallel": "zero3"}, "data_parallel"),
+    ({"data_parallel": "fsdp2", "lora": True}, "data_parallel"),
 ])
 def test_bad_rollout_engine_settings_name_the_field_and_the_fix(values, field):
     with pytest.raises(ConfigError, match=field) as error:

@@ -9,6 +9,10 @@ Layout of ``<output_dir>/checkpoints/step-000012/``:
 - ``trainer_state.json``: ``step`` (GRPO steps completed), ``data_position`` (dialogues consumed), the config
   and free-form extras.
 
+An FSDP2 run (``data_parallel: fsdp2``) writes ``sharded/`` instead of ``policy.safetensors`` and
+``optimizer.pt``: every rank's shards of the model and optimizer state through torch.distributed.checkpoint, with
+``sharded_world`` in ``trainer_state.json``. It resumes on the same number of ranks.
+
 A checkpoint is written into ``step-000012.partial/`` and renamed into place when complete, so a crash mid-save
 leaves no half-written checkpoint under its real name. ``resume: auto`` takes the newest checkpoint that reads
 back; a damaged one (say, a truncated ``trainer_state.json`` copied from elsewhere) is reported by file name and
@@ -60,27 +64,46 @@ def checkpoint_dir(output_dir: str | Path, step: int) -> Path:
 
 
 def save_checkpoint(output_dir: str | Path, state: TrainerState, model: Any, optimizer: Any, scheduler: Any,
-                    config: dict[str, Any] | None = None, keep: int = 0) -> Path:
+                    config: dict[str, Any] | None = None, keep: int = 0, dist: Any = None) -> Path:
     """Write a checkpoint for ``state.step`` (atomically: a temporary folder renamed into place); keep only the
-    newest ``keep`` checkpoints (0 = keep all)."""
+    newest ``keep`` checkpoints (0 = keep all). A replicated model is saved by the caller on rank 0 only; an
+    FSDP2 model (``dist`` = its :class:`train.distributed.Distributed`) by every rank together."""
     from safetensors.torch import save_model
 
+    from train.distributed import Distributed, is_sharded
+
+    dist = dist or Distributed()
+    sharded = is_sharded(model)
     path = checkpoint_dir(output_dir, state.step)
     partial = path.with_name(path.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    partial.mkdir(parents=True)
-    save_model(model, str(partial / "policy.safetensors"))
-    torch.save(optimizer.state_dict(), partial / "optimizer.pt")
-    torch.save(scheduler.state_dict(), partial / "scheduler.pt")
-    torch.save(rng_states(), partial / "rng.pt")
-    record = {"step": state.step, "data_position": state.data_position, "extras": state.extras, "config": config}
-    (partial / STATE_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
-    if path.exists():
-        shutil.rmtree(path)
-    partial.rename(path)
-    if keep > 0:
-        for old in list_checkpoints(output_dir)[:-keep]:
-            shutil.rmtree(old, ignore_errors=True)
+    if dist.main:
+        shutil.rmtree(partial, ignore_errors=True)
+        partial.mkdir(parents=True)
+    dist.barrier()
+    if sharded:
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict
+
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        dcp.save({"model": model_state, "optimizer": optimizer_state}, checkpoint_id=str(partial / "sharded"))
+        dist.barrier()
+    if dist.main:
+        if not sharded:
+            save_model(model, str(partial / "policy.safetensors"))
+            torch.save(optimizer.state_dict(), partial / "optimizer.pt")
+        torch.save(scheduler.state_dict(), partial / "scheduler.pt")
+        torch.save(rng_states(), partial / "rng.pt")
+        record = {"step": state.step, "data_position": state.data_position, "extras": state.extras, "config": config}
+        if sharded:
+            record["sharded_world"] = dist.world
+        (partial / STATE_FILE).write_text(json.dumps(record, indent=2, default=str), encoding="utf-8")
+        if path.exists():
+            shutil.rmtree(path)
+        partial.rename(path)
+        if keep > 0:
+            for old in list_checkpoints(output_dir)[:-keep]:
+                shutil.rmtree(old, ignore_errors=True)
+    dist.barrier()
     return path
 
 
@@ -112,7 +135,9 @@ def read_state(path: str | Path) -> dict[str, Any]:
     if not isinstance(record, dict) or not isinstance(record.get("step"), int) \
             or not isinstance(record.get("data_position"), int):
         raise CheckpointError(f"{state_file}: needs integer 'step' and 'data_position' fields")
-    for name in ("policy.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt"):
+    files = ("sharded/.metadata", "scheduler.pt", "rng.pt") if record.get("sharded_world") else \
+        ("policy.safetensors", "optimizer.pt", "scheduler.pt", "rng.pt")
+    for name in files:
         if not (path / name).is_file():
             raise CheckpointError(f"{path / name}: missing, so {path} is not a complete checkpoint")
     return record
@@ -145,11 +170,31 @@ def load_checkpoint(path: str | Path, model: Any, optimizer: Any, scheduler: Any
     """Load a checkpoint into an already built model/optimizer/scheduler; return its trainer state."""
     from safetensors.torch import load_model
 
+    from train.distributed import is_sharded
+
     path = Path(path)
     record = read_state(path)
     device = next(model.parameters()).device
-    load_model(model, str(path / "policy.safetensors"), device=str(device))
-    optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=False))
+    written_by = record.get("sharded_world")
+    if written_by or is_sharded(model):
+        import torch.distributed as torch_dist
+
+        world = torch_dist.get_world_size() if torch_dist.is_initialized() else 1
+        if not (written_by and is_sharded(model) and written_by == world):
+            what = f"an FSDP2 checkpoint of {written_by} ranks" if written_by else "a replicated checkpoint"
+            raise CheckpointError(f"{path}: {what} cannot resume a run of {world} rank(s) with data_parallel "
+                                  f"{'fsdp2' if is_sharded(model) else 'replicate'}. Fix: resume with the settings "
+                                  "that wrote it (FSDP2 checkpoints need the same number of ranks)")
+        import torch.distributed.checkpoint as dcp
+        from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_dict
+
+        model_state, optimizer_state = get_state_dict(model, optimizer)
+        loaded = {"model": model_state, "optimizer": optimizer_state}
+        dcp.load(loaded, checkpoint_id=str(path / "sharded"))
+        set_state_dict(model, optimizer, model_state_dict=loaded["model"], optim_state_dict=loaded["optimizer"])
+    else:
+        load_model(model, str(path / "policy.safetensors"), device=str(device))
+        optimizer.load_state_dict(torch.load(path / "optimizer.pt", map_location=device, weights_only=False))
     scheduler.load_state_dict(torch.load(path / "scheduler.pt", weights_only=False))
     if restore_rng:
         set_rng_states(torch.load(path / "rng.pt", weights_only=False))

@@ -32,6 +32,7 @@ SCHEDULES = ("constant", "linear", "cosine")
 BF16_MODES = ("auto", "true", "false")
 OLD_LOGPROBS = ("auto", "sampler", "recompute")
 ROLLOUT_ENGINES = ("transformers", "vllm")  # train/rollout_engine.py
+DATA_PARALLEL = ("replicate", "fsdp2")  # train/distributed.py
 LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # train.grpo, section 4
 
 
@@ -218,6 +219,8 @@ class GRPOConfig(RunConfig):
     old_logprobs: str = "auto"  # sampler = the agent's sampling logprobs; recompute = a forward before update;
     # auto = recompute with rollout_engine vllm (other kernels than the trainer's), sampler otherwise
 
+    data_parallel: str = "replicate"  # under torchrun: replicate (whole model per rank) | fsdp2 (sharded)
+
     # --- rollout engine (train/rollout_engine.py, docs/scaling.md) ------------------------------------------
     rollout_engine: str = "transformers"  # transformers (model.generate in the trainer) | vllm
     rollout_endpoint: str = ""  # vllm: "" = a colocated engine; vllm:URL[,URL...]#MODEL = vLLM servers
@@ -248,6 +251,9 @@ class GRPOConfig(RunConfig):
         choice("lr_schedule", SCHEDULES)
         choice("old_logprobs", OLD_LOGPROBS)
         choice("rollout_engine", ROLLOUT_ENGINES)
+        choice("data_parallel", DATA_PARALLEL)
+        if self.data_parallel == "fsdp2" and self.lora:
+            fail("data_parallel", "fsdp2 with LoRA is not supported", "use data_parallel: replicate with lora: true")
         if self.rollout_endpoint:
             if self.rollout_engine != "vllm":
                 fail("rollout_endpoint", "is set but rollout_engine is not vllm", "set rollout_engine: vllm or "

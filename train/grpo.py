@@ -34,7 +34,7 @@ import torch
 
 from agents.token_path import eos_token_id, pad_token_id
 from train.config import LOSS_AGGREGATIONS, GRPOConfig
-from train.distributed import Distributed, init_distributed
+from train.distributed import Distributed, FSDP2Policy, init_distributed, is_sharded
 from train.rollout_engine import AgentFactory, rollout_factory, transformers_agent
 from train.policy import (ReferencePolicy, add_lora, configure_torch, forward_micro_batches, load_model,
                           load_tokenizer, make_optimizer, make_scheduler, model_device, use_bf16)
@@ -312,7 +312,8 @@ def fill_logprobs(model: Any, sequences: Sequence[TokenSequence], attribute: str
     data parallelism each rank runs its share of the micro-batches and every rank receives every result."""
     filled = []
     for indices, _, logprobs, _ in forward_micro_batches(model, sequences, config.micro_batch_tokens, pad_id, bf16,
-                                                         config.temperature, mine=dist.owns):
+                                                         config.temperature, mine=dist.owns,
+                                                         balanced_to=_balanced(model, sequences, config, dist)):
         values = iter(logprobs.float().cpu().tolist())
         for i in indices:
             # collate shifts by one: loss token j of the sequence is predicted at position j - 1
@@ -364,7 +365,8 @@ def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[T
             optimizer.zero_grad(set_to_none=True)
             sums = accumulate_gradients(model, [sequences[i] for i in mini.tolist()], config, pad_id, bf16, dist)
             if dist.world > 1:
-                dist.sum_gradients(trainable)
+                if not is_sharded(model):  # FSDP2's reduce-scatter has summed them already
+                    dist.sum_gradients(trainable)
                 (sums.first_loss, sums.policy_loss, sums.kl, sums.entropy, sums.clip_fraction) = dist.reduce(
                     [sums.first_loss, sums.policy_loss, sums.kl, sums.entropy, sums.clip_fraction])
                 sums.ratio_max, sums.ratio_min = dist.reduce([sums.ratio_max], "max")[0], \
@@ -401,7 +403,11 @@ def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: GRP
     sums = UpdateStats(first_loss=0.0, tokens=n_tokens)
     for indices, batch, logprobs, entropy in forward_micro_batches(model, chunk, config.micro_batch_tokens, pad_id,
                                                                    bf16, config.temperature, with_entropy=True,
-                                                                   mine=dist.owns):
+                                                                   mine=dist.owns,
+                                                                   balanced_to=_balanced(model, chunk, config, dist)):
+        if not indices:  # FSDP2 padding: a collective forward and backward that contributes nothing
+            (logprobs.sum() * 0.0 + entropy.sum() * 0.0).backward()
+            continue
         micro = [chunk[i] for i in indices]
         select = batch["loss_mask"]
         token_weights = torch.tensor([weights[i] for i in indices for _ in range(_loss_positions(chunk[i]))],
@@ -413,7 +419,8 @@ def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: GRP
             ref_logprobs=_flat(micro, "ref_logprobs", device) if config.kl_coef > 0 else None,
             kl_coef=config.kl_coef, entropy=entropy, entropy_coef=config.entropy_coef,
         )
-        terms.loss.backward()
+        # FSDP2 averages gradients over the ranks; scaling by the world size makes that average their sum
+        (terms.loss * dist.world if is_sharded(model) else terms.loss).backward()
         sums.first_loss += float(terms.loss.detach())
         sums.policy_loss += terms.policy_loss
         sums.kl += terms.kl
@@ -422,6 +429,17 @@ def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: GRP
         sums.ratio_max = max(sums.ratio_max, terms.ratio_max)
         sums.ratio_min = min(sums.ratio_min, terms.ratio_min)
     return sums
+
+
+def _balanced(model: Any, sequences: Sequence[TokenSequence], config: GRPOConfig, dist: Distributed) -> int:
+    """How many forward passes every rank runs over ``sequences`` when ``model`` is FSDP2-sharded (0 = only its
+    own micro-batches; replicated models need no padding)."""
+    from train.distributed import is_sharded
+    from train.sequences import micro_batches
+
+    if not is_sharded(model):
+        return 0
+    return dist.balanced_count(len(micro_batches([len(s) for s in sequences], config.micro_batch_tokens)))
 
 
 def _loss_positions(sequence: TokenSequence) -> int:
@@ -532,6 +550,8 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
     configure_torch(config)
     dialogues = select_dialogues(dialogues if dialogues is not None else load_dialogues(config.dataset), config)
     policy, tokenizer, reference = build_policy(config)
+    fsdp = (FSDP2Policy(policy, reference.frozen_copy if reference is not None else None, dist)
+            if config.data_parallel == "fsdp2" and dist.world > 1 else None)
     pad_id = pad_token_id(tokenizer)
     bf16 = use_bf16(config.bf16, model_device(policy))
     optimizer = make_optimizer(policy, config.learning_rate, config.weight_decay, config.adam_betas)
@@ -549,7 +569,8 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
         # --- rollout
         batch = [dialogues[i] for i in dialogues_at(state.data_position, config.prompts_per_step, len(dialogues), config.seed)]
         seed = step_seed(config.seed, step)
-        episodes = dist.gather(collect_rollouts(policy, tokenizer, dist.shard(batch), config, seed=seed,
+        sampler = fsdp.full_model() if fsdp is not None else policy  # FSDP2: gather the shards for sampling
+        episodes = dist.gather(collect_rollouts(sampler, tokenizer, dist.shard(batch), config, seed=seed,
                                                 group_size=config.group_size, temperature=config.temperature,
                                                 make_agent=make_agent))
         t_rollout = time.perf_counter() - t0
@@ -589,9 +610,10 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
         state.step, state.data_position = step + 1, state.data_position + config.prompts_per_step
         state.extras["failed_episodes"] = failed_total
         records.append(logger.log(step + 1, record) if logger is not None else record)
-        if dist.main and (config.checkpoint_interval and state.step % config.checkpoint_interval == 0
-                          or state.step == config.steps):
-            save_checkpoint(out, state, policy, optimizer, scheduler, config.to_dict(), keep=config.keep_checkpoints)
+        if (config.checkpoint_interval and state.step % config.checkpoint_interval == 0
+                or state.step == config.steps) and (dist.main or fsdp is not None):
+            save_checkpoint(out, state, policy, optimizer, scheduler, config.to_dict(), keep=config.keep_checkpoints,
+                            dist=dist if fsdp is not None else None)
         if on_step is not None:
             on_step(state.step, records[-1])
     if logger is not None:
@@ -599,8 +621,9 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
     final_dir = None
     if save_final and state.step == config.steps:
         final_dir = out / "final"
+        final = fsdp.full_model() if fsdp is not None else policy
         if dist.main:
-            policy.save_pretrained(final_dir)
+            final.save_pretrained(final_dir)
             tokenizer.save_pretrained(final_dir)
     dist.barrier()
     return GRPOResult(out, state.step, records, failed_total, final_dir, time.perf_counter() - started)

