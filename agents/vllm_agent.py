@@ -153,11 +153,13 @@ class VLLMEngine:
 
 
 class VLLMAgent(BatchedTokenAgent):
-    """A :class:`~agents.token_agent.TokenAgent` sampling with a colocated :class:`VLLMEngine`. Concurrent
-    actions are queued and handed to the engine together (vLLM batches them continuously)."""
+    """A :class:`~agents.token_agent.TokenAgent` sampling with a colocated :class:`VLLMEngine`. Actions reach the
+    engine in waves: every action queued while the previous ``generate`` call ran goes into the next one, up to
+    ``max_batch_size`` (vLLM schedules each wave's requests itself). An episode whose action finishes early
+    waits for its wave to end; servers (:class:`RemoteVLLMAgent`) batch continuously instead."""
 
     def __init__(self, engine: VLLMEngine, tokenizer: Any, *, max_new_tokens: int = 256, temperature: float = 1.0,
-                 top_p: float = 1.0, max_batch_size: int = 256, max_prompt_tokens: int | None = None,
+                 top_p: float = 1.0, max_batch_size: int = 65536, max_prompt_tokens: int | None = None,
                  seed: int | None = None):
         super().__init__(tokenizer, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p,
                          max_batch_size=max_batch_size, max_prompt_tokens=max_prompt_tokens, seed=seed)
@@ -198,15 +200,16 @@ class RemoteVLLMAgent(TokenAgent):
             if context_overflow(exc):
                 raise ContextLimitExceeded(str(exc)) from exc
             raise
-        choice = result.raw["choices"][0]
-        ids = choice.get("token_ids")
+        ids = result.raw["choices"][0].get("token_ids")
         logprobs = result.token_logprobs
-        if not isinstance(ids, list) or not all(isinstance(t, int) for t in ids) or logprobs is None \
-                or len(logprobs) != len(ids):
+        vocabulary = len(self.tokenizer)
+        if not isinstance(ids, list) or not all(type(t) is int and 0 <= t < vocabulary for t in ids) \
+                or logprobs is None or len(logprobs) != len(ids):
             raise LLMInvalidResponseError(
-                f"{result.endpoint or 'the server'} returned no token ids with matching logprobs; token-level "
-                "rollouts need a vLLM server (return_token_ids, logprobs)", endpoint=result.endpoint,
-                model=self.client.model, role=self.client.role)
+                f"{result.endpoint or 'the server'} returned no valid token ids (0 <= id < {vocabulary}) with one "
+                "logprob each; token-level rollouts need a vLLM server serving this tokenizer's model "
+                "(return_token_ids, logprobs)", endpoint=result.endpoint, model=self.client.model,
+                role=self.client.role)
         return ids, logprobs
 
 
@@ -284,27 +287,34 @@ def push_weights_to_servers(urls: Sequence[str], weights_dir: str | Path, versio
     ``VLLM_SERVER_DEV_MODE=1``; without it the admin endpoints answer 404 and the error says so."""
     import urllib.error
 
+    from cm2_env.llm.spec import redact
+
     folder = str(Path(weights_dir).resolve())
     stale = []
     for url in urls:
         root = server_root(url)
+        shown = redact(root)
         try:
-            _post(f"{root}/pause?mode=wait", None, timeout_s)
-            try:
+            try:  # resume even when the pause itself failed half-way (a timeout while the server drained)
+                _post(f"{root}/pause?mode=wait", None, timeout_s)
                 _post(f"{root}/collective_rpc", {"method": "reload_weights", "kwargs": {"weights_path": folder}},
                       timeout_s)
                 _post(f"{root}/reset_prefix_cache", None, timeout_s)
                 _post(f"{root}/update_weight_version", {"new_version": version}, timeout_s)
             finally:
                 _post(f"{root}/resume", None, timeout_s)
-            reported = _get(f"{root}/weight_info", timeout_s).get("weight_version")
+            info = _get(f"{root}/weight_info", timeout_s)
         except urllib.error.HTTPError as exc:
             hint = (" Fix: start the server with VLLM_SERVER_DEV_MODE=1 (its weight-update endpoints are off "
                     "otherwise)") if exc.code == 404 else ""
-            raise RuntimeError(f"weight push to {root} failed: HTTP {exc.code} on {exc.url}.{hint}") from None
+            raise RuntimeError(f"weight push to {shown} failed: HTTP {exc.code} on {redact(exc.url)}.{hint}") from None
         except (urllib.error.URLError, OSError) as exc:
-            raise RuntimeError(f"weight push to {root} failed: {exc}. Fix: check that the server is up") from None
+            raise RuntimeError(f"weight push to {shown} failed: {exc}. Fix: check that the server is up") from None
+        except ValueError:
+            raise RuntimeError(f"weight push to {shown} failed: an answer was not JSON. Fix: check that the URL is "
+                               "a vLLM server") from None
+        reported = info.get("weight_version") if isinstance(info, dict) else None
         if reported != version:
-            stale.append(f"{root} reports {reported!r}")
+            stale.append(f"{shown} reports {reported!r}")
     if stale:
         raise RuntimeError(f"weight push to version {version!r} did not take: {'; '.join(stale)}")

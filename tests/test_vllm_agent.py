@@ -49,10 +49,23 @@ def test_a_text_completion_body_becomes_text_usage_and_per_token_logprobs():
 
 @pytest.mark.parametrize("body", [None, [], "text", {"choices": []}, {"error": {"message": "boom"}},
                                   {"choices": [None]}, {"choices": [{"text": 5}]},
-                                  {"choices": [{"text": "", "logprobs": {"token_logprobs": ["x"]}}]}])
+                                  {"choices": [{"text": "", "logprobs": {"token_logprobs": ["x"]}}]},
+                                  {"choices": [{"text": "", "logprobs": {"token_logprobs": [10 ** 400]}}]},
+                                  {"choices": [{"text": "", "logprobs": {"token_logprobs": [float("nan")]}}]},
+                                  {"choices": [{"text": "", "logprobs": {"token_logprobs": [-float("inf")]}}]},
+                                  {"choices": [{"text": "", "logprobs": {"token_logprobs": [0.5]}}]},
+                                  {"choices": [{"text": "", "logprobs": {"token_logprobs": [None]}}]},
+                                  {"choices": [{"text": "", "logprobs": {"token_logprobs": [True]}}]}])
 def test_a_garbage_text_completion_raises_only_invalid_completion(body):
     with pytest.raises(InvalidCompletion):
         parse_text_completion(body)
+
+
+@pytest.mark.parametrize("usage", [{"prompt_tokens": "abc"}, {"prompt_tokens": [1]}, {"prompt_tokens": 1e999},
+                                   {"prompt_tokens": -5}, {"completion_tokens": 10 ** 400}, "garbage"])
+def test_garbage_usage_counts_read_as_zero_instead_of_raising(usage):
+    result = parse_text_completion({"choices": [{"text": "ok"}], "usage": usage})
+    assert result.text == "ok" and all(type(v) is int and v >= 0 for v in result.usage.values())
 
 
 # -- the remote agent: exact ids from the server, the action's seed, our own prompt ids ----------------------
@@ -91,6 +104,20 @@ def test_a_server_without_token_ids_is_an_error_not_a_guess(tokenizer):
             asyncio.run(agent.act([{"role": "user", "content": "hi"}], []))
 
 
+@pytest.mark.parametrize("ids", [[10 ** 6], [-1], [True], [1.0], [2 ** 70], "12"])
+def test_token_ids_the_tokenizer_cannot_hold_are_refused_before_they_reach_the_trainer(tokenizer, ids):
+    def respond(request):
+        body = _completion_body([5], [-1.0])
+        body["choices"][0]["token_ids"] = ids
+        body["choices"][0]["logprobs"]["token_logprobs"] = [-1.0] * (len(ids) if isinstance(ids, list) else 1)
+        return body
+
+    with ScriptedServer(respond) as server:
+        agent = RemoteVLLMAgent(server.spec, tokenizer, max_retries=0)
+        with pytest.raises(LLMInvalidResponseError, match="valid token ids"):
+            asyncio.run(agent.act([{"role": "user", "content": "hi"}], []))
+
+
 def test_completions_share_the_clients_retries_and_usage():
     calls = []
 
@@ -117,10 +144,10 @@ class FakeVLLMAdmin:
     """vLLM's weight-update endpoints (a test double of an external server): records the calls; ``stale`` keeps
     the old version; ``dev_mode=False`` answers 404 as a server started without VLLM_SERVER_DEV_MODE does."""
 
-    def __init__(self, *, stale: bool = False, dev_mode: bool = True):
+    def __init__(self, *, stale: bool = False, dev_mode: bool = True, failing: str = ""):
         self.calls: list[tuple[str, object]] = []
         self.version = "initial"
-        self.stale, self.dev_mode = stale, dev_mode
+        self.stale, self.dev_mode, self.failing = stale, dev_mode, failing
         admin = self
 
         class Handler(BaseHTTPRequestHandler):
@@ -146,6 +173,8 @@ class FakeVLLMAdmin:
                 admin.calls.append((self.path, body))
                 if not admin.dev_mode:
                     return self._reply(404, {"detail": "Not Found"})
+                if admin.failing and self.path.startswith(admin.failing):
+                    return self._reply(500, {"error": "scripted failure"})
                 if self.path == "/update_weight_version" and not admin.stale:
                     admin.version = body["new_version"]
                 self._reply(200, {"ok": True})
@@ -184,6 +213,17 @@ def test_a_server_that_keeps_its_old_weights_fails_the_push_by_name(tmp_path):
     assert ("/resume", {}) in stale.calls  # the stale server was not left paused
 
 
+@pytest.mark.parametrize("failing", ["/pause", "/collective_rpc"])
+def test_a_push_that_fails_midway_still_resumes_the_server(tmp_path, failing):
+    server = FakeVLLMAdmin(failing=failing)
+    try:
+        with pytest.raises(RuntimeError, match="HTTP 500"):
+            push_weights_to_servers([server.url], tmp_path, "cm2-1", timeout_s=10)
+    finally:
+        server.close()
+    assert [path for path, _ in server.calls][-1] == "/resume" and server.version == "initial"
+
+
 def test_a_server_without_dev_mode_gets_a_fix_not_a_traceback(tmp_path):
     server = FakeVLLMAdmin(dev_mode=False)
     try:
@@ -211,6 +251,7 @@ def test_old_logprobs_auto_recomputes_exactly_with_the_vllm_engine():
     ({"rollout_engine": "vllm", "vllm_gpu_memory_utilization": 1.5}, "vllm_gpu_memory_utilization"),
     ({"rollout_engine": "vllm", "vllm_tensor_parallel_size": 0}, "vllm_tensor_parallel_size"),
     ({"data_parallel": "zero3"}, "data_parallel"),
+    ({"rollout_engine": "vllm", "max_new_tokens": 64, "vllm_max_model_len": 64}, "vllm_max_model_len"),
     ({"data_parallel": "fsdp2", "lora": True}, "data_parallel"),
 ])
 def test_bad_rollout_engine_settings_name_the_field_and_the_fix(values, field):
@@ -273,3 +314,12 @@ def test_a_prompt_too_long_for_the_server_truncates_the_episode_instead_of_faili
         agent = RemoteVLLMAgent(server.spec, tokenizer, max_retries=0)
         with pytest.raises(ContextLimitExceeded, match="maximum context length"):
             asyncio.run(agent.act([{"role": "user", "content": "hi"}], []))
+
+
+def test_a_colocated_engine_under_several_ranks_is_refused_with_the_fix(monkeypatch, tmp_path):
+    from train.rollout_engine import VLLMRollouts
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    engine = VLLMRollouts(GRPOConfig(model=str(tmp_path), rollout_engine="vllm"))
+    with pytest.raises(RuntimeError, match="rollout_endpoint"):
+        engine._engine()

@@ -72,8 +72,8 @@ def save_checkpoint(output_dir: str | Path, state: TrainerState, model: Any, opt
 
     from train.distributed import Distributed, is_sharded
 
-    dist = dist or Distributed()
     sharded = is_sharded(model)
+    dist = dist if sharded and dist is not None else Distributed()  # a replicated save is rank 0's alone
     path = checkpoint_dir(output_dir, state.step)
     partial = path.with_name(path.name + ".partial")
     if dist.main:

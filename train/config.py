@@ -273,8 +273,9 @@ class GRPOConfig(RunConfig):
         if not 0 < self.vllm_gpu_memory_utilization <= 1:
             fail("vllm_gpu_memory_utilization", f"must be in (0, 1], got {self.vllm_gpu_memory_utilization}",
                  "use e.g. 0.5 when the engine shares the GPU with the trainer")
-        if self.vllm_max_model_len < 0:
-            fail("vllm_max_model_len", f"must be >= 0, got {self.vllm_max_model_len}", "use 0 (default)")
+        if self.vllm_max_model_len < 0 or 0 < self.vllm_max_model_len <= self.max_new_tokens:
+            fail("vllm_max_model_len", f"must be 0 or more than max_new_tokens ({self.max_new_tokens}), got "
+                 f"{self.vllm_max_model_len}", "use 0 (max_prompt_tokens + max_new_tokens)")
         choice("loss_aggregation", LOSS_AGGREGATIONS)
         choice("invalid_call_policy", INVALID_CALL_POLICIES)
         for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "ppo_epochs", "ppo_mini_batches",

@@ -64,7 +64,7 @@ class VLLMRollouts:
         # a prompt the engine cannot complete ends its episode as truncated, as one over max_prompt_tokens does
         fits = engine.max_model_len - config.max_new_tokens
         options["max_prompt_tokens"] = max(1, min(config.max_prompt_tokens, fits))
-        return VLLMAgent(engine, tokenizer, max_batch_size=config.max_batch_size, **options)
+        return VLLMAgent(engine, tokenizer, **options)  # no batch cap: vLLM schedules the requests
 
     def push(self, model: Any) -> None:
         """Make the engine (or every server) sample from ``model``'s current weights."""
@@ -88,7 +88,16 @@ class VLLMRollouts:
 
     def _engine(self) -> Any:
         if self.engine is None:
+            import os
+
             from agents.vllm_agent import VLLMEngine
+
+            if int(os.environ.get("WORLD_SIZE", "1")) > 1:
+                # vLLM's in-process executor puts its worker on rank 0's device, whatever the trainer's rank
+                raise RuntimeError("rollout_engine: vllm with a colocated engine runs in one trainer process only; "
+                                   "under torchrun with several ranks every engine would land on the first GPU. "
+                                   "Fix: serve the policy with vLLM servers and set rollout_endpoint "
+                                   "(docs/scaling.md)")
 
             c = self.config
             self.engine = VLLMEngine(c.model, max_model_len=c.vllm_max_model_len or _default_model_len(c),

@@ -303,7 +303,9 @@ class ChatClient:
         if self._rpm is not None:
             await self._rpm.acquire(1)
         if self._tpm is not None:  # ~4 characters a token, plus the completion budget the request reserves
-            estimate = len(json.dumps(request.get("messages"), default=str)) // 4
+            prompt = request.get("prompt")
+            estimate = (len(prompt) if isinstance(prompt, list)  # token ids: exact
+                        else len(json.dumps(request.get("messages", prompt), default=str)) // 4)
             estimate += int(request.get("max_completion_tokens") or request.get("max_tokens") or 0)
             await self._tpm.acquire(estimate)
         return estimate

@@ -8,6 +8,7 @@ client retries that like a server error.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -106,10 +107,21 @@ def _first_choice(body: Any) -> dict[str, Any]:
     return choices[0]
 
 
+def _count(value: Any) -> int:
+    """A reported token count as an int; 0 for anything that is not a sane non-negative number."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return 0
+    try:
+        count = int(value)
+    except (OverflowError, ValueError):
+        return 0
+    return count if 0 <= count < 2**53 else 0
+
+
 def _usage(body: dict[str, Any]) -> dict[str, int]:
     """The token counts the server reported (0 where absent; total = prompt + completion when missing)."""
     reported = body.get("usage") if isinstance(body.get("usage"), dict) else {}
-    usage = {name: int(reported.get(name) or 0) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
+    usage = {name: _count(reported.get(name)) for name in ("prompt_tokens", "completion_tokens", "total_tokens")}
     if not usage["total_tokens"]:
         usage["total_tokens"] = usage["prompt_tokens"] + usage["completion_tokens"]
     return usage
@@ -136,6 +148,17 @@ def parse_completion(body: Any, *, structured: bool) -> ChatResult:
                       parsed=extract_json(text) if structured else None, raw=body)
 
 
+def _logprob(value: Any) -> float | None:
+    """``value`` as a log-probability, or None when it is not a finite number <= 0 (rounding slack 1e-6)."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        number = float(value)
+    except OverflowError:
+        return None
+    return number if math.isfinite(number) and number <= 1e-6 else None
+
+
 def parse_text_completion(body: Any, *, structured: bool = False) -> ChatResult:
     """The ``ChatResult`` of a decoded text_completion ``body`` (``/completions``, choice 0): ``text`` is the
     choice's text, ``tool_calls`` empty, ``logprobs`` one ``{"token", "logprob"}`` entry per generated token when
@@ -148,9 +171,9 @@ def parse_text_completion(body: Any, *, structured: bool = False) -> ChatResult:
     logprobs = None
     if isinstance(block, dict) and isinstance(block.get("token_logprobs"), list):
         tokens = block.get("tokens") if isinstance(block.get("tokens"), list) else []
-        _require(all(isinstance(v, (int, float)) or v is None for v in block["token_logprobs"]),
-                 "logprobs.token_logprobs holds a non-number")
-        logprobs = [{"token": tokens[i] if i < len(tokens) else "", "logprob": float(v) if v is not None else 0.0}
-                    for i, v in enumerate(block["token_logprobs"])]
+        values = [_logprob(v) for v in block["token_logprobs"]]
+        _require(all(v is not None for v in values),
+                 "logprobs.token_logprobs holds something other than a finite log-probability (a number <= 0)")
+        logprobs = [{"token": tokens[i] if i < len(tokens) else "", "logprob": v} for i, v in enumerate(values)]
     return ChatResult(text=choice.get("text") or "", tool_calls=[], finish_reason=choice.get("finish_reason"),
                       usage=usage, logprobs=logprobs, raw=body)
