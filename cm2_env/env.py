@@ -350,7 +350,7 @@ class CM2ToolUseEnv(gym.Env[str, str]):
         returns, per variant, the newly passed item ids with their verdict source. Marks the episode failed when
         a verdict is missing or undecided, or the judge raises."""
         turn = episode.current
-        history = episode.messages[: episode.turn_start]
+        history = episode.history()
         current = episode.messages[episode.turn_start:]
         requests = [
             (k, JudgeRequest(episode.plan.dialogue, episode.turn, turn.actions + 1, pending, history, current))

@@ -164,9 +164,15 @@ class EpisodeState:
         self.assignment = assignment
         self.L = L
         self.messages: list[dict[str, Any]] = []
-        self._json_parts: list[str] = []
-        self._json_length = 2  # "[" and "]"
+        # The observation, built incrementally: "[" and every message's JSON joined by "," (the closing "]" is
+        # added when an observation is asked for), and where each message's JSON starts in it. Each message is
+        # serialised once, when appended, and the text grows in place, so a step never re-serialises or re-joins
+        # the history: handing out an observation costs one copy of the text.
+        self._json_text = "["
+        self._json_starts: list[int] = []
         self.turns: list[TurnVerdicts] = []
+        self._closed_verdicts: list[dict[str, dict[str, Any]]] = []  # snapshots of the turns before the current
+        self._history: list[dict[str, Any]] | None = None
         self.turn_start = 0  # index in messages of the current turn's user message
         self.paid = 0.0
         self.failed = False
@@ -184,28 +190,47 @@ class EpisodeState:
         """Add a message to the visible history (serialised once, here, for the observation)."""
         part = json.dumps(message, ensure_ascii=False)
         self.messages.append(message)
-        self._json_parts.append(part)
-        self._json_length += len(part) + (1 if len(self._json_parts) > 1 else 0)
+        text = self._json_text
+        self._json_text = ""  # the local name holds the only reference: CPython then extends the text in place
+        if self._json_starts:
+            text += ","
+        self._json_starts.append(len(text))
+        text += part
+        self._json_text = text
 
     @property
     def observation_length(self) -> int:
-        return self._json_length
+        """The length of the uncut observation: the JSON array of the whole visible history."""
+        return len(self._json_text) + 1
 
     def observation(self, limit: int) -> str:
         """The JSON array of the visible history, or -- when longer than ``limit`` characters -- the system
         messages plus the most recent messages that fit (still a JSON array); cut hard only if even that fails."""
-        if self._json_length <= limit:
-            return "[" + ",".join(self._json_parts) + "]"
-        head = self._json_parts[: len(self.plan.system)]
-        size = 2 + sum(len(p) + 1 for p in head)
-        tail: list[str] = []
-        for part in reversed(self._json_parts[len(head):]):
-            if size + len(part) + 1 > limit:
+        text = self._json_text
+        if len(text) + 1 <= limit:
+            return text + "]"
+        starts = self._json_starts
+        n_head = min(len(self.plan.system), len(starts))
+        # the JSON of message i is text[starts[i]:ends[i]] (a "," follows every one but the last)
+        ends = [start - 1 for start in starts[1:]] + [len(text)]
+        size = 2 + sum(ends[i] - starts[i] + 1 for i in range(n_head))
+        first = len(starts)  # the oldest message of the tail that fits
+        for i in range(len(starts) - 1, n_head - 1, -1):
+            part = ends[i] - starts[i]
+            if size + part + 1 > limit:
                 break
-            tail.append(part)
-            size += len(part) + 1
-        text = "[" + ",".join(head + tail[::-1]) + "]"
-        return text if len(text) <= limit else text[:limit]
+            size += part + 1
+            first = i
+        pieces = ["["]
+        if n_head:
+            pieces.append(text[starts[0]:ends[n_head - 1]])
+        if first < len(starts):
+            if n_head:
+                pieces.append(",")
+            pieces.append(text[starts[first]:])
+        pieces.append("]")
+        cut = "".join(pieces)
+        return cut if len(cut) <= limit else cut[:limit]
 
     # --- turns ----------------------------------------------------------------------------------------
 
@@ -220,17 +245,27 @@ class EpisodeState:
     def start_turn(self) -> None:
         """Append the next reference user message verbatim and open its verdict book."""
         t = len(self.turns)
+        if self.turns:  # the turn before is over: its records change no more, so one snapshot serves every step
+            self._closed_verdicts.append(dict(self.turns[-1].records))
         self.turn_start = len(self.messages)
         self.append(dict(self.plan.users[t]))
         self.turns.append(TurnVerdicts(self.plan.checklists[t], self.plan.variant_keys, self.aggregation))
+
+    def history(self) -> list[dict[str, Any]]:
+        """The messages before the current turn (what a judge request calls ``history``): one list per turn,
+        shared by the turn's requests (read-only), so a step does not copy the whole history for the judge."""
+        if self._history is None or len(self._history) != self.turn_start:
+            self._history = self.messages[: self.turn_start]
+        return self._history
 
     @property
     def has_next_turn(self) -> bool:
         return len(self.turns) < self.plan.n_turns
 
     def verdicts(self) -> list[dict[str, dict[str, Any]]]:
-        """Per reached turn, item id -> {passed, first_action, source}: a snapshot safe to hand out."""
-        return [dict(turn.records) for turn in self.turns]
+        """Per reached turn, item id -> {passed, first_action, source}: a snapshot safe to hand out (finished
+        turns are copied from the snapshot taken when they ended)."""
+        return [*map(dict, self._closed_verdicts), dict(self.current.records)]
 
     # --- reward ---------------------------------------------------------------------------------------
 

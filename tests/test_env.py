@@ -474,3 +474,79 @@ def test_ansi_render_shows_the_transcript_with_verdicts(dialogue):
     assert "✓ C0 (llm" in text and "✗ C2 [required]" in text and "running" in text
     with pytest.warns(UserWarning, match="render_mode"):
         assert CM2ToolUseEnv([dialogue]).render() is None
+
+
+# --- the observation and verdict snapshots of long episodes (incremental, issue 17) --------------------
+
+
+def reference_observation(messages, n_system, limit):
+    """The observation contract written out plainly: every message's JSON joined by "," in a JSON array; when
+    longer than ``limit``, the system messages plus the most recent messages that fit; cut hard if even that
+    fails."""
+    parts = [json.dumps(m, ensure_ascii=False) for m in messages]
+    whole = "[" + ",".join(parts) + "]"
+    if len(whole) <= limit:
+        return whole
+    head = parts[:n_system]
+    size = 2 + sum(len(p) + 1 for p in head)
+    tail = []
+    for part in reversed(parts[n_system:]):
+        if size + len(part) + 1 > limit:
+            break
+        tail.append(part)
+        size += len(part) + 1
+    text = "[" + ",".join(head + tail[::-1]) + "]"
+    return text if len(text) <= limit else text[:limit]
+
+
+def repeated_turns(dialogue, n_turns):
+    """A dialogue of ``n_turns`` turns: the reference dialogue's turns over and over (with their items)."""
+    record = dialogue.to_record()
+    turns = dialogue_turns(dialogue)
+    system = record["messages"][: turns[0].start]
+    spans = [record["messages"][t.start: t.start + len(t.messages)] for t in turns]
+    items = record["checklists"][0]
+    record["messages"] = system + [m for t in range(n_turns) for m in spans[t % len(spans)]]
+    record["checklists"] = [[items[t % len(spans)] for t in range(n_turns)]]
+    record["id"] = f"{dialogue.id}-x{n_turns}"
+    return record
+
+
+def test_after_every_step_of_a_long_episode_the_observation_is_the_json_array_of_the_visible_history(dialogue):
+    record = repeated_turns(dialogue, 12)
+    record["messages"][1]["content"] += " — naïve ☕ \u2028 \"quoted\""  # non-ASCII, kept as is (ensure_ascii off)
+    env = CM2ToolUseEnv([record], judge=ScriptedJudge(FIXED_SCRIPT), strict=False, max_actions=1000,
+                        max_actions_per_turn=1000, max_turns=1000)
+    obs, info = env.reset(options={"dialogue_id": record["id"]})
+    texts = [text for texts in reference_texts(CM2ToolUseEnv([record]).dialogues[0]) for text in texts]
+    snapshots = []
+    for text in texts:
+        assert obs == reference_observation(info["messages"], 1, 10 ** 9)
+        assert json.loads(obs) == info["messages"]
+        obs, _, terminated, truncated, info = env.step(text)
+        episode = env.unwrapped._episode
+        assert info["verdicts"] == [dict(turn.records) for turn in episode.turns]
+        snapshots.append((info["verdicts"], json.loads(json.dumps(info["verdicts"]))))
+        if len(snapshots) > 1:  # what a caller does to one step's snapshot cannot reach another's
+            snapshots[-2][0][0].clear()
+            snapshots[-2] = (snapshots[-2][0], json.loads(json.dumps(snapshots[-2][0])))
+        if terminated or truncated:
+            break
+    assert terminated and info["turn"] == 11 and obs == reference_observation(info["messages"], 1, 10 ** 9)
+    for handed_out, copy in snapshots:  # a snapshot handed out earlier never changes afterwards
+        assert handed_out == copy
+
+
+def test_a_cut_observation_keeps_the_system_prompt_and_the_most_recent_messages_that_fit(dialogue):
+    record = repeated_turns(dialogue, 4)
+    env = CM2ToolUseEnv([record], judge=ScriptedJudge(FIXED_SCRIPT), strict=False)
+    env.reset(options={"dialogue_id": record["id"]})
+    for text in [text for texts in reference_texts(dialogue) for text in texts][:5]:
+        env.step(text)
+    episode = env.unwrapped._episode
+    messages = episode.messages
+    whole = reference_observation(messages, 1, 10 ** 9)
+    assert episode.observation_length == len(whole)
+    for limit in [0, 1, 2, 5, 50, len(whole) // 3, len(whole) // 2, len(whole) - 1, len(whole), len(whole) + 7,
+                  *range(len(json.dumps(messages[0], ensure_ascii=False)) - 2, len(whole), 97)]:
+        assert episode.observation(limit) == reference_observation(messages, 1, limit), limit
