@@ -17,6 +17,7 @@ and judge I/O.
 from __future__ import annotations
 
 import asyncio
+import time
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -50,6 +51,8 @@ class TokenAgent:
         self.pad_id = pad_token_id(tokenizer)
         self.seed = 0 if seed is None else int(seed)
         self._calls = 0
+        #: seconds spent rendering prompts (chat template + tokenizer) and sampling, for profiles
+        self.seconds = {"prompt": 0.0, "generate": 0.0}
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         """The chat-template token ids of ``messages`` + tools, ending with the assistant generation prompt."""
@@ -61,7 +64,9 @@ class TokenAgent:
 
     async def act(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]],
                   context: Mapping[str, Any] | None = None) -> AgentStep:
+        started = time.perf_counter()
         prompt = self.prompt_ids(messages, tools)
+        self.seconds["prompt"] += time.perf_counter() - started
         seed = (context or {}).get("sampling_seed")
         if seed is None:
             seed = sampling_seed("agent", self.seed, self._calls)
@@ -134,7 +139,11 @@ class BatchedTokenAgent(TokenAgent):
 
     def _run_generate(self, prompts: list[list[int]], seeds: list[int]) -> list[tuple[list[int], list[float]]]:
         self.batches.append(len(prompts))
-        return self._generate(prompts, seeds)
+        started = time.perf_counter()
+        try:
+            return self._generate(prompts, seeds)
+        finally:
+            self.seconds["generate"] += time.perf_counter() - started
 
     def _generate(self, prompts: list[list[int]], seeds: list[int]) -> list[tuple[list[int], list[float]]]:
         raise NotImplementedError

@@ -124,3 +124,43 @@ def test_transformers_agent_samples_the_same_actions_whatever_the_batching_and_q
     # the seed matters: other seeds give other samples
     c = _act_all(batched, conversations, [s + 1 for s in seeds], range(6))
     assert [a[i].completion_ids for i in range(6)] != [c[i].completion_ids for i in range(6)]
+
+
+def test_prompts_that_start_alike_are_grouped_by_what_they_share():
+    from agents.transformers_agent import prefix_groups
+
+    a, b = list(range(100, 140)), list(range(500, 530))
+    prompts = [a, b + [1], a + [7, 8, 9], a, [3, 4], a[:20] + [0] * 30]
+    groups = {tuple(sorted(members)): shared for members, shared in prefix_groups(prompts)}
+    # a and its extension share all of a but its last token; a[:20] + ... shares 20 < half of 39: its own group
+    assert groups == {(0, 2, 3): 39, (1,): 30, (4,): 1, (5,): 49}
+    for members, shared in prefix_groups(prompts):
+        assert all(shared < len(prompts[i]) and prompts[i][:shared] == prompts[members[0]][:shared] for i in members)
+
+
+def test_shared_prefixes_sample_what_separate_prefills_sample(micro, monkeypatch):
+    import agents.transformers_agent as transformers_agent
+
+    from agents.token_path import eos_token_id, pad_token_id
+
+    model, tokenizer = micro
+    generator = torch.Generator().manual_seed(4)
+    base = [torch.randint(5, 200, (n,), generator=generator).tolist() for n in (40, 27)]
+    # a group's first prompts (identical), its later prompts (the first + different tails) and an unrelated one
+    prompts = [base[0]] * 3 + [base[0] + torch.randint(5, 200, (n,), generator=generator).tolist() for n in (4, 9)]
+    prompts += [base[1]] * 2 + [base[1] + [7, 7]] + [torch.randint(5, 200, (33,), generator=generator).tolist()]
+    seeds = [sampling_seed("shared", i) for i in range(len(prompts))]
+    options = dict(max_new_tokens=12, temperature=1.0, top_p=1.0, eos_id=eos_token_id(tokenizer),
+                   pad_id=pad_token_id(tokenizer))
+    calls = []
+    original = transformers_agent.shared_prompt_cache
+    monkeypatch.setattr(transformers_agent, "shared_prompt_cache",
+                        lambda *args: calls.append(original(*args)) or calls[-1])
+    shared = transformers_agent.generate_seeded(model, prompts, seeds, **options)
+    assert calls and calls[0]  # the cache was built and used
+    monkeypatch.setattr(transformers_agent, "shared_prompt_cache", lambda *args: {})
+    plain = transformers_agent.generate_seeded(model, prompts, seeds, **options)
+    assert [ids for ids, _ in shared] == [ids for ids, _ in plain]
+    for (_, a), (_, b) in zip(shared, plain):
+        assert a == pytest.approx(b, abs=1e-4)
+    assert len({tuple(ids) for ids, _ in plain[:3]}) > 1  # the seeds differ, so do identical prompts' samples

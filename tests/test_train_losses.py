@@ -267,3 +267,57 @@ def test_grpo_loss_with_sequence_weights_is_the_mean_of_per_sequence_token_means
     expected = 0.5 * per_token[0, 0] + 0.5 * per_token[1].mean()
     assert float(out.loss) == pytest.approx(float(expected), rel=1e-6)
     assert float(out.loss) == pytest.approx(0.0, abs=1e-6)  # +1 and -1 sequences balance whatever their lengths
+
+
+def test_forward_batches_share_identical_prompts_and_keep_every_sequence_once():
+    from train.sequences import TokenSequence, forward_batches
+
+    def sequence(prompt, completion):
+        s = TokenSequence()
+        s.extend(prompt, trainable=False)
+        s.extend(completion, trainable=True, logprobs=[-1.0] * len(completion))
+        return s
+
+    prompt = list(range(1, 41))
+    sequences = [sequence(prompt, [50, 51]), sequence([9, 9, 9], [52]), sequence(prompt, [53, 54, 55, 56]),
+                 sequence(prompt, [57]), sequence([8, 8], [58])]
+    batches = forward_batches(sequences, max_tokens=50)
+    assert sorted(i for members, _ in batches for i in members) == list(range(5))
+    shared = [(sorted(members), n) for members, n in batches if n]
+    # the prompt counted once: 39 + 2 rows x 5 (the longest suffix) <= 50, a third row would not fit
+    assert shared == [([0, 2], 39)]
+    assert forward_batches(sequences, max_tokens=60)[0] == ([2, 0, 3], 39)
+    for members, n in batches:
+        if n:
+            assert n + len(members) * max(len(sequences[i]) - n for i in members) <= 50
+        assert all(sequences[i].input_ids[:n] == sequences[members[0]].input_ids[:n] for i in members)
+
+
+def test_a_shared_prompt_gives_the_same_logprobs_and_gradients_as_separate_rows(tmp_path):
+    from tests.support.tiny_models import micro_model_dir
+    from train.policy import load_model, selected_logprobs
+    from train.sequences import TokenSequence, forward_batches
+
+    model = load_model(str(micro_model_dir(tmp_path, seed=3)))
+    generator = torch.Generator().manual_seed(0)
+    prompt = torch.randint(5, 200, (30,), generator=generator).tolist()
+    sequences = []
+    for n in (3, 7, 1, 5):  # different completion lengths: right padding inside the shared micro-batch
+        s = TokenSequence()
+        s.extend(prompt, trainable=False)
+        s.extend(torch.randint(5, 200, (n,), generator=generator).tolist(), trainable=True, logprobs=[-1.0] * n)
+        sequences.append(s)
+    [(members, shared)] = forward_batches(sequences, max_tokens=10_000)
+    assert shared == 29 and sorted(members) == [0, 1, 2, 3]
+    batch = collate([sequences[i] for i in members], pad_id=0)
+    results = []
+    for n in (shared, 0):
+        model.zero_grad(set_to_none=True)
+        logprobs, _ = selected_logprobs(model, batch, shared=n)
+        logprobs.sum().backward()
+        results.append((logprobs.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (shared_logprobs, shared_grads), (plain_logprobs, plain_grads) = results
+    assert shared_logprobs.shape == (16,)
+    assert torch.allclose(shared_logprobs, plain_logprobs, atol=1e-5)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name

@@ -32,10 +32,13 @@ def test_the_quick_tiny_preset_raises_the_mean_checklist_reward_after_grpo(tmp_p
     assert summary["seed"] == 0
     assert summary["reward_after"] > summary["reward_before"] + 0.04, summary
     assert summary["failed_episodes"] == 0
+    timings = summary["timings"]
+    assert summary["train_seconds"] == round(timings["build_s"] + timings["sft_s"] + timings["grpo_s"], 2)
     assert (tmp_path / "reward_curve.png").stat().st_size > 1000
     lines = (tmp_path / "grpo" / "metrics.jsonl").read_text().splitlines()
     assert len(lines) == summary["grpo_steps"]
-    assert {"reward/mean", "kl", "clip_fraction", "entropy", "tokens_per_s/rollout", "failed"} <= set(json.loads(lines[0]))
+    assert {"reward/mean", "kl", "clip_fraction", "entropy", "tokens_per_s/rollout", "failed",
+            "time/prompt_s", "time/generate_s", "time/reference_s"} <= set(json.loads(lines[0]))
 
 
 def test_configs_tiny_cpu_yaml_shows_exactly_the_preset():

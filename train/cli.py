@@ -81,8 +81,9 @@ def train(preset: str | None, config_path: str | None, out: str | None, seed: in
             ("eval dialogues", summary["eval_dialogues"]),
             ("GRPO steps", summary["grpo_steps"]),
             ("failed episodes (excluded)", summary["failed_episodes"]),
-            ("time: build / sft / grpo / total (s)",
-             f"{t['build_s']} / {t['sft_s']} / {t['grpo_s']} / {t['total_s']}"),
+            ("time: build / sft / grpo = training (s)",
+             f"{t['build_s']} / {t['sft_s']} / {t['grpo_s']} = {summary['train_seconds']}"),
+            ("time: evaluations / total (s)", f"{t['eval_before_s'] + t['eval_after_s']:.2f} / {t['total_s']}"),
             ("reward curve", summary["paths"]["reward_curve"]),
         ]))
         if as_json:
@@ -118,7 +119,8 @@ def train(preset: str | None, config_path: str | None, out: str | None, seed: in
     if as_json:
         click.echo(json.dumps({"steps": result.steps_done, "reward_last": last.get("reward/mean"),
                                "failed_episodes": result.failed_episodes, "output_dir": str(result.output_dir),
-                               "final_model": str(result.final_dir) if result.final_dir else None}))
+                               "final_model": str(result.final_dir) if result.final_dir else None,
+                               "train_seconds": round(result.seconds, 2)}))
 
 
 @click.command(name="sft")

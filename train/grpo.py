@@ -92,10 +92,12 @@ def env_kwargs(config: GRPOConfig, max_turns: int | None = None) -> dict[str, An
 
 def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: GRPOConfig, *, seed: int,
                      group_size: int, temperature: float, max_turns: int | None = None,
-                     make_agent: AgentFactory = transformers_agent) -> list[Any]:
+                     make_agent: AgentFactory = transformers_agent,
+                     profile: dict[str, float] | None = None) -> list[Any]:
     """``group_size`` episodes per dialogue, all concurrent, with the agent ``make_agent`` builds
     (:mod:`train.rollout_engine`; generation batched across the episodes). A factory with a ``rollouts_done()``
-    method is told when the collection ends (a colocated vLLM engine then frees its GPU memory)."""
+    method is told when the collection ends (a colocated vLLM engine then frees its GPU memory). ``profile``
+    receives the agent's seconds per activity (``prompt_s``, ``generate_s``) when it keeps them."""
     from agents.rollout import run_rollouts
 
     agent = make_agent(model, tokenizer, config, seed, temperature)
@@ -104,6 +106,8 @@ def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], confi
         return run_rollouts(dialogues, agent, group_size=group_size, env_kwargs=env_kwargs(config, max_turns),
                             concurrency=concurrency, progress=False, seed=seed)
     finally:
+        if profile is not None:
+            profile.update({f"{name}_s": seconds for name, seconds in getattr(agent, "seconds", {}).items()})
         if hasattr(make_agent, "rollouts_done"):
             make_agent.rollouts_done()
 
@@ -435,11 +439,11 @@ def _balanced(model: Any, sequences: Sequence[TokenSequence], config: GRPOConfig
     """How many forward passes every rank runs over ``sequences`` when ``model`` is FSDP2-sharded (0 = only its
     own micro-batches; replicated models need no padding)."""
     from train.distributed import is_sharded
-    from train.sequences import micro_batches
+    from train.sequences import forward_batches
 
     if not is_sharded(model):
         return 0
-    return dist.balanced_count(len(micro_batches([len(s) for s in sequences], config.micro_batch_tokens)))
+    return dist.balanced_count(len(forward_batches(sequences, config.micro_batch_tokens)))
 
 
 def _loss_positions(sequence: TokenSequence) -> int:
@@ -570,9 +574,10 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
         batch = [dialogues[i] for i in dialogues_at(state.data_position, config.prompts_per_step, len(dialogues), config.seed)]
         seed = step_seed(config.seed, step)
         sampler = fsdp.full_model() if fsdp is not None else policy  # FSDP2: gather the shards for sampling
+        profile: dict[str, float] = {}
         episodes = dist.gather(collect_rollouts(sampler, tokenizer, dist.shard(batch), config, seed=seed,
                                                 group_size=config.group_size, temperature=config.temperature,
-                                                make_agent=make_agent))
+                                                make_agent=make_agent, profile=profile))
         t_rollout = time.perf_counter() - t0
         # --- advantages -> token sequences
         advantages = action_advantages(episodes, config)
@@ -587,8 +592,10 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
                 fill_logprobs(policy, sequences, "old_logprobs", config, pad_id, bf16, dist)
                 mismatch = logprob_gap(sequences, sampled)
             if reference is not None:
+                t_reference = time.perf_counter()
                 with reference.model() as ref_model:
                     fill_logprobs(ref_model, sequences, "ref_logprobs", config, pad_id, bf16, dist)
+                profile["reference_s"] = time.perf_counter() - t_reference
             generator = torch.Generator().manual_seed(seed)
             stats = ppo_update(policy, optimizer, scheduler, sequences, config, pad_id, bf16, generator, dist)
         t_update = time.perf_counter() - t1
@@ -603,7 +610,7 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
             "lr": scheduler.get_last_lr()[0], "sequences": len(sequences), "loss_tokens": stats.tokens,
             "failed_total": failed_total, "logprob_mismatch": mismatch,
             **({"rollout_engine": make_agent.metrics()} if hasattr(make_agent, "metrics") else {}),
-            "time": {"rollout_s": t_rollout, "update_s": t_update, "step_s": time.perf_counter() - t0},
+            "time": {"rollout_s": t_rollout, "update_s": t_update, "step_s": time.perf_counter() - t0, **profile},
             "tokens_per_s": {"rollout": generated / max(t_rollout, 1e-9),
                              "train": sum(len(s) for s in sequences) * config.ppo_epochs / max(t_update, 1e-9)},
         }

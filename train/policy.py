@@ -130,23 +130,41 @@ def model_device(model: Any) -> torch.device:
 
 
 def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0,
-                      with_entropy: bool = False) -> tuple[torch.Tensor, torch.Tensor | None]:
+                      with_entropy: bool = False, shared: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logprobs (and entropies) of the target tokens at the loss positions, as flat vectors in batch order.
 
     The output projection runs only on the loss positions (``batch["loss_mask"]``): prompts are long and
-    completions short, so this skips most of the vocabulary matmul and softmax.
+    completions short, so this skips most of the vocabulary matmul and softmax. ``shared``: the rows' first
+    ``shared`` tokens are identical and carry no loss (:func:`train.sequences.forward_batches`); they are encoded
+    once and their keys and values expanded to every row, gradients included -- the same logprobs (up to float
+    rounding) for a fraction of the compute.
     """
     device = model_device(model)
     input_ids = batch["input_ids"].to(device)
     attention = batch["attention_mask"].to(device)
     select = batch["loss_mask"].to(device)
     targets = batch["targets"].to(device)[select]
+    if bool(attention.all()):  # no padding: no mask, so attention takes the fused causal kernel
+        attention = None
     decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
     head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
     from train.distributed import is_sharded
 
     # an FSDP2 model gathers its root unit (embeddings, head) only in its own forward
-    if decoder is not None and head is not None and not is_sharded(model):
+    if decoder is not None and head is not None and not is_sharded(model) and shared > 0:
+        from transformers import DynamicCache
+
+        from agents.transformers_agent import cache_keyword
+
+        keyword, cache = cache_keyword(model), DynamicCache(config=model.config)
+        decoder(input_ids=input_ids[:1, :shared], use_cache=True, **{keyword: cache})
+        cache.reorder_cache(torch.zeros(len(input_ids), dtype=torch.long, device=device))  # one copy per row
+        width = input_ids.shape[1]
+        positions = torch.arange(shared, width, device=device).expand(len(input_ids), -1)
+        hidden = decoder(input_ids=input_ids[:, shared:], attention_mask=attention, position_ids=positions,
+                         use_cache=True, **{keyword: cache}).last_hidden_state
+        logits = head(hidden[:, :-1][select[:, shared:]])
+    elif decoder is not None and head is not None and not is_sharded(model):
         hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
         logits = head(hidden[:, :-1][select])
     else:  # models without the decoder/head split: full logits, then select
@@ -167,16 +185,18 @@ def forward_micro_batches(model: Any, sequences: Any, micro_batch_tokens: int, p
     ``balanced_to``: run at least this many forward passes, padding with the first micro-batch yielded with no
     indices (FSDP2: every rank must run as many collective forwards as the others; the caller gives such a
     pass zero loss)."""
-    from train.sequences import collate, micro_batches
+    from train.sequences import collate, forward_batches
 
     device = model_device(model)
-    groups = micro_batches([len(s) for s in sequences], micro_batch_tokens)
-    runs = [(indices, indices) for number, indices in enumerate(groups) if mine is None or mine(number)]
-    runs += [(groups[0], [])] * max(0, balanced_to - len(runs))
-    for members, indices in runs:
+    groups = forward_batches(sequences, micro_batch_tokens)
+    runs = [(indices, indices, shared) for number, (indices, shared) in enumerate(groups)
+            if mine is None or mine(number)]
+    runs += [(groups[0][0], [], groups[0][1])] * max(0, balanced_to - len(runs))
+    for members, indices, shared in runs:
         batch = collate([sequences[i] for i in members], pad_id)
         with autocast(bf16, device):
-            logprobs, entropy = selected_logprobs(model, batch, temperature, with_entropy=with_entropy)
+            logprobs, entropy = selected_logprobs(model, batch, temperature, with_entropy=with_entropy,
+                                                  shared=shared)
         yield indices, batch, logprobs, entropy
 
 

@@ -152,6 +152,39 @@ def micro_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return batches
 
 
+def forward_batches(sequences: Sequence[TokenSequence], max_tokens: int) -> list[tuple[list[int], int]]:
+    """The forward passes over ``sequences``: ``(indices, shared)`` per micro-batch, where the rows' first
+    ``shared`` tokens are the same prompt, to be encoded once and its keys and values shared (0: no sharing).
+
+    Sequences whose tokens before their first loss token (the prompt) are identical -- the G members of a GRPO
+    group on their first action -- form a shared micro-batch of at most ``max_tokens`` tokens counting the
+    prompt once; ``shared`` is the prompt's length minus one, as the prompt's last position predicts the first
+    loss token. Every other sequence goes through :func:`micro_batches`. Deterministic for given sequences.
+    """
+    buckets: dict[tuple[int, ...], list[int]] = {}
+    for i, sequence in enumerate(sequences):
+        first_loss = sequence.loss_mask.index(True) if any(sequence.loss_mask) else len(sequence)
+        buckets.setdefault(tuple(sequence.input_ids[:first_loss]), []).append(i)
+    shared_batches: list[tuple[list[int], int]] = []
+    alone: list[int] = []
+    for prompt, members in buckets.items():
+        shared = len(prompt) - 1
+        if len(members) < 2 or shared < 1:
+            alone.extend(members)
+            continue
+        batch: list[int] = []
+        for i in sorted(members, key=lambda i: (-len(sequences[i]), i)):
+            width = len(sequences[batch[0]]) - shared if batch else len(sequences[i]) - shared
+            if batch and shared + (len(batch) + 1) * width > max_tokens:
+                shared_batches.append((batch, shared if len(batch) > 1 else 0))
+                batch = []
+            batch.append(i)
+        shared_batches.append((batch, shared if len(batch) > 1 else 0))
+    alone.sort()
+    plain = [([alone[k] for k in group], 0) for group in micro_batches([len(sequences[i]) for i in alone], max_tokens)]
+    return shared_batches + plain
+
+
 def collate(sequences: Sequence[TokenSequence], pad_id: int) -> dict[str, Any]:
     """Right-padded tensors for a micro-batch, shifted for next-token prediction.
 
