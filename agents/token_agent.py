@@ -51,8 +51,9 @@ class TokenAgent:
         self.pad_id = pad_token_id(tokenizer)
         self.seed = 0 if seed is None else int(seed)
         self._calls = 0
-        #: seconds spent rendering prompts (chat template + tokenizer) and sampling, for profiles
-        self.seconds = {"prompt": 0.0, "generate": 0.0}
+        #: seconds spent rendering prompts (chat template + tokenizer), for profiles; batched agents add the
+        #: seconds spent sampling (remote ones sample concurrently: no serial figure to add)
+        self.seconds = {"prompt": 0.0}
 
     def prompt_ids(self, messages: list[dict[str, Any]], tools: list[dict[str, Any]] | None) -> list[int]:
         """The chat-template token ids of ``messages`` + tools, ending with the assistant generation prompt."""
@@ -98,6 +99,7 @@ class BatchedTokenAgent(TokenAgent):
 
     def __init__(self, tokenizer: Any, *, max_batch_size: int = 64, **options: Any):
         super().__init__(tokenizer, **options)
+        self.seconds["generate"] = 0.0
         self.max_batch_size = max_batch_size
         self._queue: list[_Request] = []
         self._worker: asyncio.Task | None = None

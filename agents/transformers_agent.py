@@ -102,6 +102,8 @@ def shared_prompt_cache(model: Any, prompts: list[list[int]], input_ids: Any, at
     keys: list[Any] = []
     values: list[Any] = []
     for members, shared in groups:
+        if shared < 1:
+            continue  # one-token prompts: nothing to encode ahead (their columns are all padding)
         prefix = DynamicCache(config=model.config)
         model(input_ids=torch.tensor([prompts[members[0]][:shared]], device=device), use_cache=True,
               logits_to_keep=1, **{keyword: prefix})

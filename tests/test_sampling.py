@@ -149,6 +149,7 @@ def test_shared_prefixes_sample_what_separate_prefills_sample(micro, monkeypatch
     # a group's first prompts (identical), its later prompts (the first + different tails) and an unrelated one
     prompts = [base[0]] * 3 + [base[0] + torch.randint(5, 200, (n,), generator=generator).tolist() for n in (4, 9)]
     prompts += [base[1]] * 2 + [base[1] + [7, 7]] + [torch.randint(5, 200, (33,), generator=generator).tolist()]
+    prompts += [[9]]  # one token: nothing of it to encode ahead
     seeds = [sampling_seed("shared", i) for i in range(len(prompts))]
     options = dict(max_new_tokens=12, temperature=1.0, top_p=1.0, eos_id=eos_token_id(tokenizer),
                    pad_id=pad_token_id(tokenizer))

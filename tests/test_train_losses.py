@@ -321,3 +321,41 @@ def test_a_shared_prompt_gives_the_same_logprobs_and_gradients_as_separate_rows(
     assert torch.allclose(shared_logprobs, plain_logprobs, atol=1e-5)
     for name, grad in plain_grads.items():
         assert torch.allclose(shared_grads[name], grad, atol=1e-5, rtol=1e-4), name
+
+
+def test_gradient_checkpointing_trains_on_whole_rows_and_gets_the_same_logprobs_and_gradients(tmp_path):
+    """Checkpointed layers drop their cache when training with gradients: a shared prompt's keys and values would be
+    lost, so such a model is budgeted and run without sharing -- and gives what the uncheckpointed model gives."""
+    from tests.support.tiny_models import micro_model_dir
+    from train.policy import forward_micro_batches, load_model, shares_prefix
+    from train.sequences import TokenSequence, forward_batches
+
+    model = load_model(str(micro_model_dir(tmp_path, seed=3)))
+    generator = torch.Generator().manual_seed(1)
+    prompt = torch.randint(5, 200, (30,), generator=generator).tolist()
+    sequences = []
+    for n in (4, 2, 6):
+        s = TokenSequence()
+        s.extend(prompt, trainable=False)
+        s.extend(torch.randint(5, 200, (n,), generator=generator).tolist(), trainable=True, logprobs=[-1.0] * n)
+        sequences.append(s)
+    assert [shared for _, shared in forward_batches(sequences, 10_000)] == [29]
+    assert [shared for _, shared in forward_batches(sequences, 10_000, share=False)] == [0]
+    results = []
+    for checkpointing in (False, True):
+        if checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.train()
+        assert shares_prefix(model) is not checkpointing
+        with torch.no_grad():
+            assert shares_prefix(model)  # no backward to replay: the cache survives
+        model.zero_grad(set_to_none=True)
+        runs = list(forward_micro_batches(model, sequences, 10_000, pad_id=0, bf16=False))
+        total = torch.cat([logprobs for _, _, logprobs, _ in runs])
+        total.sum().backward()
+        results.append((total.detach(), {k: p.grad.clone() for k, p in model.named_parameters()}))
+    (plain, plain_grads), (checkpointed, checkpointed_grads) = results
+    assert plain.shape == (12,)
+    assert torch.allclose(plain, checkpointed, atol=1e-5)
+    for name, grad in plain_grads.items():
+        assert torch.allclose(checkpointed_grads[name], grad, atol=1e-5, rtol=1e-4), name

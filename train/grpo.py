@@ -439,11 +439,12 @@ def _balanced(model: Any, sequences: Sequence[TokenSequence], config: GRPOConfig
     """How many forward passes every rank runs over ``sequences`` when ``model`` is FSDP2-sharded (0 = only its
     own micro-batches; replicated models need no padding)."""
     from train.distributed import is_sharded
+    from train.policy import shares_prefix
     from train.sequences import forward_batches
 
     if not is_sharded(model):
         return 0
-    return dist.balanced_count(len(forward_batches(sequences, config.micro_batch_tokens)))
+    return dist.balanced_count(len(forward_batches(sequences, config.micro_batch_tokens, share=shares_prefix(model))))
 
 
 def _loss_positions(sequence: TokenSequence) -> int:

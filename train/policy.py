@@ -129,6 +129,29 @@ def model_device(model: Any) -> torch.device:
     return next(model.parameters()).device
 
 
+def _decoder_and_head(model: Any) -> tuple[Any, Any] | None:
+    """``model``'s decoder and output projection, to run the projection on selected positions only; None for
+    models without that split, and for FSDP2 models, which gather their root unit (embeddings, head) only in their
+    own forward."""
+    from train.distributed import is_sharded
+
+    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
+    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
+    return None if decoder is None or head is None or is_sharded(model) else (decoder, head)
+
+
+def shares_prefix(model: Any) -> bool:
+    """Whether :func:`selected_logprobs` can encode a shared prompt once for ``model`` right now: the model splits
+    into decoder and head (:func:`_decoder_and_head`), and no gradient checkpointing drops the prompt's keys and
+    values -- transformers discards the cache of a checkpointed layer in training mode with gradients on. Callers
+    budget micro-batches with the same answer (:func:`train.sequences.forward_batches`)."""
+    if _decoder_and_head(model) is None:
+        return False
+    checkpointed = model.training and torch.is_grad_enabled() and any(
+        getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
+    return not checkpointed
+
+
 def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0,
                       with_entropy: bool = False, shared: int = 0) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Logprobs (and entropies) of the target tokens at the loss positions, as flat vectors in batch order.
@@ -137,7 +160,7 @@ def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: f
     completions short, so this skips most of the vocabulary matmul and softmax. ``shared``: the rows' first
     ``shared`` tokens are identical and carry no loss (:func:`train.sequences.forward_batches`); they are encoded
     once and their keys and values expanded to every row, gradients included -- the same logprobs (up to float
-    rounding) for a fraction of the compute.
+    rounding) for a fraction of the compute. Where :func:`shares_prefix` says no, every row is encoded whole.
     """
     device = model_device(model)
     input_ids = batch["input_ids"].to(device)
@@ -146,12 +169,9 @@ def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: f
     targets = batch["targets"].to(device)[select]
     if bool(attention.all()):  # no padding: no mask, so attention takes the fused causal kernel
         attention = None
-    decoder = model.get_decoder() if hasattr(model, "get_decoder") else None
-    head = model.get_output_embeddings() if hasattr(model, "get_output_embeddings") else None
-    from train.distributed import is_sharded
-
-    # an FSDP2 model gathers its root unit (embeddings, head) only in its own forward
-    if decoder is not None and head is not None and not is_sharded(model) and shared > 0:
+    split = _decoder_and_head(model)
+    if split is not None and shared > 0 and shares_prefix(model):
+        decoder, head = split
         from transformers import DynamicCache
 
         from agents.transformers_agent import cache_keyword
@@ -164,7 +184,8 @@ def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: f
         hidden = decoder(input_ids=input_ids[:, shared:], attention_mask=attention, position_ids=positions,
                          use_cache=True, **{keyword: cache}).last_hidden_state
         logits = head(hidden[:, :-1][select[:, shared:]])
-    elif decoder is not None and head is not None and not is_sharded(model):
+    elif split is not None:
+        decoder, head = split
         hidden = decoder(input_ids=input_ids, attention_mask=attention).last_hidden_state
         logits = head(hidden[:, :-1][select])
     else:  # models without the decoder/head split: full logits, then select
@@ -188,7 +209,7 @@ def forward_micro_batches(model: Any, sequences: Any, micro_batch_tokens: int, p
     from train.sequences import collate, forward_batches
 
     device = model_device(model)
-    groups = forward_batches(sequences, micro_batch_tokens)
+    groups = forward_batches(sequences, micro_batch_tokens, share=shares_prefix(model))
     runs = [(indices, indices, shared) for number, (indices, shared) in enumerate(groups)
             if mine is None or mine(number)]
     runs += [(groups[0][0], [], groups[0][1])] * max(0, balanced_to - len(runs))

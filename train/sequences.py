@@ -152,15 +152,20 @@ def micro_batches(lengths: Sequence[int], max_tokens: int) -> list[list[int]]:
     return batches
 
 
-def forward_batches(sequences: Sequence[TokenSequence], max_tokens: int) -> list[tuple[list[int], int]]:
+def forward_batches(sequences: Sequence[TokenSequence], max_tokens: int,
+                    share: bool = True) -> list[tuple[list[int], int]]:
     """The forward passes over ``sequences``: ``(indices, shared)`` per micro-batch, where the rows' first
     ``shared`` tokens are the same prompt, to be encoded once and its keys and values shared (0: no sharing).
 
     Sequences whose tokens before their first loss token (the prompt) are identical -- the G members of a GRPO
     group on their first action -- form a shared micro-batch of at most ``max_tokens`` tokens counting the
     prompt once; ``shared`` is the prompt's length minus one, as the prompt's last position predicts the first
-    loss token. Every other sequence goes through :func:`micro_batches`. Deterministic for given sequences.
+    loss token. Every other sequence goes through :func:`micro_batches`, and every sequence does when ``share`` is
+    False (the model cannot share a prompt: :func:`train.policy.shares_prefix`), so that no batch is budgeted for
+    a saving it will not get. Deterministic for given sequences.
     """
+    if not share:
+        return [(group, 0) for group in micro_batches([len(s) for s in sequences], max_tokens)]
     buckets: dict[tuple[int, ...], list[int]] = {}
     for i, sequence in enumerate(sequences):
         first_loss = sequence.loss_mask.index(True) if any(sequence.loss_mask) else len(sequence)
