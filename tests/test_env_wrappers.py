@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
+import zlib
 
 import gymnasium as gym
 import numpy as np
 import pytest
 
 import cm2_env  # noqa: F401 - registers CM2ToolUse-v0
-from cm2_env.data import load_dialogues
+from cm2_env.data import dialogue_turns, load_dialogues
 from cm2_env.wrappers import CandidateActions, HashedFeatures, ReferenceCandidates, hashed_features
 
 DIALOGUE = "tooltalk/Calendar-Reminder-Weather-CompleteReminder-1"
@@ -58,3 +60,76 @@ def test_sb3_check_env_accepts_the_wrapped_env_and_ppo_runs_a_few_hundred_steps(
     action, _ = model.predict(observation, deterministic=True)
     assert env.action_space.contains(int(action))
     env.close()
+
+
+def test_reference_candidates_are_stationary_and_ordered_by_their_text_not_by_correctness():
+    dialogues = load_dialogues("tooltalk")
+    propose = ReferenceCandidates(dialogues)
+    positions = [{"dialogue_id": d.id, "turn": t, "action": a} for d in dialogues[:12] for t in range(3) for a in range(2)]
+    right_slots = []
+    for info in positions:
+        first = propose(info, 4, np.random.default_rng(0))
+        assert first == propose(info, 4, np.random.default_rng(99))  # no dependence on the generator
+        offered = [c for c in first if c is not None]
+        assert offered == sorted(offered, key=lambda c: (zlib.crc32(c.encode()), c))  # ordered by a hash of the text
+        assert first[len(offered):] == [None] * (4 - len(offered))  # empty slots last
+        right = propose(info, 1)[0]
+        assert offered.count(right) == 1
+        right_slots.append(offered.index(right))
+    assert len(set(right_slots)) > 1  # the right answer is not always in the same slot
+
+
+def test_empty_slots_are_masked_and_the_mask_reaches_maskable_ppo_through_the_wrappers():
+    from sb3_contrib import MaskablePPO
+    from sb3_contrib.common.maskable.utils import get_action_masks
+    from stable_baselines3.common.env_util import make_vec_env
+
+    short = next(d for d in load_dialogues("tooltalk") if len({json.dumps(a.assistant.model_dump(mode="json"))
+                                                                for t in dialogue_turns(d) for a in t.actions}) < 4)
+    env = HashedFeatures(CandidateActions(gym.make("CM2ToolUse-v0", dataset=[short]), num_candidates=6), dim=16,
+                         features="turn")
+    _, info = env.reset(seed=0)
+    mask = env.get_wrapper_attr("action_masks")()
+    assert mask.tolist() == info["candidate_mask"] and not mask.all() and mask.any()
+    assert all(c == "" for c, valid in zip(info["candidates"], mask) if not valid)
+    vec = make_vec_env(lambda: env, n_envs=1)
+    assert get_action_masks(vec)[0].tolist() == mask.tolist()
+    model = MaskablePPO("MlpPolicy", vec, n_steps=32, batch_size=16, n_epochs=1, seed=0, device="cpu")
+    model.learn(total_timesteps=64)
+    observation = vec.reset()
+    for _ in range(20):  # a masked policy never picks an empty slot
+        masks = get_action_masks(vec)
+        action, _ = model.predict(observation, action_masks=masks, deterministic=False)
+        assert masks[0][int(action[0])]
+        observation, _, _, _ = vec.step(action)
+
+
+def test_turn_features_hash_only_the_current_turns_messages():
+    from cm2_env.wrappers import turn_text
+
+    env = HashedFeatures(CandidateActions(gym.make("CM2ToolUse-v0"), num_candidates=2), dim=64, features="turn")
+    observation, info = env.reset(seed=0, options={"dialogue_id": DIALOGUE})
+    last_user = max(i for i, m in enumerate(info["messages"]) if m["role"] == "user")
+    assert np.array_equal(observation[:64], hashed_features(turn_text(info["messages"][last_user:]), 64))
+    system = info["messages"][0]
+    assert system["role"] == "system" and system["content"] not in turn_text(info["messages"])
+    with pytest.raises(ValueError, match="features"):
+        HashedFeatures(gym.make("CM2ToolUse-v0"), features="everything")
+
+
+@pytest.mark.slow
+def test_ppo_learns_the_right_action_per_position_from_the_checklist_reward():
+    """The SB3 set-up of docs/environment.md: 8 dialogues, step-paid reward, K=4 stationary candidates, turn
+    features. Seeded PPO on CPU with one thread is deterministic; the margin covers other CPUs' kernels."""
+    import torch
+
+    from benchmarks.sb3_learning import make_env, random_reward, train_curve
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        random = float(np.mean([random_reward(make_env(8), seed) for seed in range(3)]))
+        curve, _ = train_curve("ppo", lambda: make_env(8), steps=8192, eval_every=8192, seed=0)
+    finally:
+        torch.set_num_threads(threads)
+    assert curve[-1][1] >= random + 0.4, (random, curve)

@@ -27,13 +27,13 @@ from cm2_env.errors import SpecError
 from cm2_env.reward import ADVANTAGE_LEVELS, F_NORMS, L_MODES
 from cm2_env.reward.items import choice_problem
 from cm2_env.specs import choices, parse
+from train.estimators import ESTIMATORS, LOSS_AGGREGATIONS
 
 SCHEDULES = ("constant", "linear", "cosine")
 BF16_MODES = ("auto", "true", "false")
 OLD_LOGPROBS = ("auto", "sampler", "recompute")
 ROLLOUT_ENGINES = ("transformers", "vllm")  # train/rollout_engine.py
 DATA_PARALLEL = ("replicate", "fsdp2")  # train/distributed.py
-LOSS_AGGREGATIONS = ("token-mean", "seq-mean-token-mean", "seq-mean-token-sum-norm")  # train.grpo, section 4
 
 
 class ConfigError(ValueError):
@@ -195,8 +195,9 @@ class GRPOConfig(RunConfig):
     steps: int = 100  # GRPO steps (rollout batches)
     group_size: int = 48  # G rollouts per dialogue (paper final: 48)
     prompts_per_step: int = 8  # dialogues per step; a step has group_size * prompts_per_step episodes
+    estimator: str = "grpo"  # grpo | dr_grpo | rloo | reinforce_pp (train/estimators.py)
     advantage_level: str = "trajectory"  # trajectory | turn | step (Eq. 5 / 7 / 10)
-    f_norm: str = "none"  # std | none (paper final: 1, i.e. none)
+    f_norm: str = "none"  # std | none, for estimator grpo (paper final: 1, i.e. none)
     normaliser: str = "reference"  # L of Eq. 4: reference turns (as released) | turns reached
     max_new_tokens: int = 1024  # per action
     temperature: float = 1.0
@@ -207,7 +208,7 @@ class GRPOConfig(RunConfig):
     lr_schedule: str = "constant"  # constant | linear | cosine (after warmup)
     warmup_ratio: float = 0.0
     kl_coef: float = 0.001  # k3 KL loss against a frozen reference; 0 = no reference model
-    loss_aggregation: str = "token-mean"  # token-mean | seq-mean-token-mean | seq-mean-token-sum-norm (train/grpo.py)
+    loss_aggregation: str = "auto"  # auto | token-mean | seq-mean-token-mean | seq-mean-token-sum-norm
     clip_range: float = 0.2  # PPO clip epsilon (lower side)
     clip_range_high: float = 0.0  # upper side; 0 = same as clip_range
     entropy_coef: float = 0.0  # entropy bonus (0 = entropy is only logged)
@@ -245,8 +246,12 @@ class GRPOConfig(RunConfig):
     tensorboard: bool = False
 
     def _check_own(self, fail: Callable[[str, str, str], None], choice: Callable[[str, tuple[str, ...]], None]) -> None:
+        choice("estimator", tuple(ESTIMATORS))  # read at check time: a registered estimator is accepted
         choice("advantage_level", ADVANTAGE_LEVELS)
         choice("f_norm", F_NORMS)
+        if self.f_norm == "std" and self.estimator in ESTIMATORS and not ESTIMATORS[self.estimator].std:
+            fail("f_norm", f"estimator {self.estimator} never divides by a group's std",
+                 "set f_norm: none, or estimator: grpo for GRPO's std normalisation")
         choice("normaliser", L_MODES)
         choice("lr_schedule", SCHEDULES)
         choice("old_logprobs", OLD_LOGPROBS)
@@ -276,7 +281,7 @@ class GRPOConfig(RunConfig):
         if self.vllm_max_model_len < 0 or 0 < self.vllm_max_model_len <= self.max_new_tokens:
             fail("vllm_max_model_len", f"must be 0 or more than max_new_tokens ({self.max_new_tokens}), got "
                  f"{self.vllm_max_model_len}", "use 0 (max_prompt_tokens + max_new_tokens)")
-        choice("loss_aggregation", LOSS_AGGREGATIONS)
+        choice("loss_aggregation", ("auto", *LOSS_AGGREGATIONS))  # auto: the estimator's own
         choice("invalid_call_policy", INVALID_CALL_POLICIES)
         for name in ("steps", "group_size", "prompts_per_step", "max_new_tokens", "ppo_epochs", "ppo_mini_batches",
                      "micro_batch_tokens", "max_turns", "max_actions", "max_actions_per_turn", "max_prompt_tokens",

@@ -33,7 +33,8 @@ import numpy as np
 import torch
 
 from agents.token_path import eos_token_id, pad_token_id
-from train.config import LOSS_AGGREGATIONS, GRPOConfig
+from train.config import GRPOConfig
+from train.estimators import ESTIMATORS, LOSS_AGGREGATIONS, loss_aggregation_for, whiten
 from train.distributed import Distributed, FSDP2Policy, init_distributed, is_sharded
 from train.rollout_engine import AgentFactory, rollout_factory, transformers_agent
 from train.policy import (ReferencePolicy, add_lora, configure_torch, forward_micro_batches, load_model,
@@ -118,12 +119,19 @@ def collect_rollouts(model: Any, tokenizer: Any, dialogues: Sequence[Any], confi
 
 
 def action_advantages(episodes: Sequence[Any], config: GRPOConfig) -> list[list[float] | None]:
-    """Per episode, one advantage per action at ``config.advantage_level`` (None for a failed episode).
+    """Per episode, one advantage per action at ``config.advantage_level`` (None for a failed episode), by
+    ``config.estimator`` (:mod:`train.estimators`).
 
     Episodes are grouped by dialogue id; each group's reward records -- what the environment computed and paid
-    -- are scored with :func:`cm2_env.reward.score_group`.
+    -- are scored with :func:`cm2_env.reward.score_group`. An estimator that whitens the batch then whitens all
+    live actions' advantages together.
     """
     from cm2_env.reward import advantages_per_action, score_group
+
+    entry = ESTIMATORS[config.estimator]
+
+    def estimator(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+        return entry.group(values, groups, n_groups, config.f_norm)
 
     groups: dict[str, list[int]] = {}
     for i, episode in enumerate(episodes):
@@ -134,13 +142,20 @@ def action_advantages(episodes: Sequence[Any], config: GRPOConfig) -> list[list[
         for i in members:
             record = episodes[i].reward_record or {}
             records.append({**record, "failed": episodes[i].failed or not record or bool(record.get("failed"))})
-        scores = score_group(records, f_norm=config.f_norm)
+        scores = score_group(records, estimator=estimator)
         for record, score, i in zip(records, scores.rollouts, members):
             if score.failed:
                 continue
             level = {"trajectory": score.adv_traj, "turn": score.adv_turn, "step": score.adv_step}[config.advantage_level]
             out[i] = advantages_per_action([int(turn["steps"]) for turn in record["turns"]], level,
                                            config.advantage_level)
+    if entry.whiten_batch:
+        flat = whiten(np.array([a for per_action in out if per_action is not None for a in per_action]))
+        position = 0
+        for i, per_action in enumerate(out):
+            if per_action is not None:
+                out[i] = flat[position: position + len(per_action)].tolist()
+                position += len(per_action)
     return out
 
 
@@ -173,17 +188,8 @@ def training_sequences(episodes: Sequence[Any], advantages: Sequence[list[float]
 # exactly on policy-generated tokens (prompts, user messages and tool responses carry no loss). A mini-batch's
 # loss is a weighted sum over its loss tokens, the weights summing to 1 over the mini-batch
 # (:func:`sequence_token_weights`), so accumulating the gradients of its micro-batches gives exactly the gradient
-# of the whole mini-batch. The weights say how tokens are aggregated (:data:`LOSS_AGGREGATIONS`):
-#
-# - ``token-mean``: every loss token of the mini-batch weighs the same, 1/N (verl's default, the paper's runs);
-# - ``seq-mean-token-mean``: every sequence weighs the same, and its tokens share its weight (1/(S n_s)): a long
-#   sequence no longer outweighs a short one -- with token-mean, long failed completions dominate the gradient
-#   and push the policy's entropy up;
-# - ``seq-mean-token-sum-norm``: every token weighs 1/(S L) with a constant L (the completion budget), as Dr. GRPO
-#   (Liu et al., 2025, "Understanding R1-Zero-Like Training"): no length normalisation inside a sequence.
-#
-# Here a "sequence" is a training sequence: one episode's actions, or a part of them when the chat template
-# re-renders the history (:mod:`train.sequences`).
+# of the whole mini-batch. The weights say how tokens are aggregated: ``loss_aggregation`` names one of
+# :data:`train.estimators.LOSS_AGGREGATIONS` (``auto``: the estimator's own; see that module for the formulas).
 
 
 def k3_kl(logprobs: torch.Tensor, ref_logprobs: torch.Tensor) -> torch.Tensor:
@@ -234,18 +240,14 @@ class LossSums:
 
 def sequence_token_weights(loss_tokens: list[int], aggregation: str, length_norm: int = 1) -> list[float]:
     """The weight of each loss token of each sequence of a mini-batch (``loss_tokens[s]`` loss tokens in sequence
-    s), for ``aggregation`` (module docstring); ``length_norm`` is Dr. GRPO's constant L. The weights of all loss
-    tokens sum to 1 (token-mean, seq-mean-token-mean) or to (total tokens)/(S L) (seq-mean-token-sum-norm)."""
+    s), for ``aggregation`` (:data:`train.estimators.LOSS_AGGREGATIONS`); ``length_norm`` is Dr. GRPO's constant
+    L. The weights of all loss tokens sum to 1 (token-mean, seq-mean-token-mean) or to (total tokens)/(S L)
+    (seq-mean-token-sum-norm)."""
     if aggregation not in LOSS_AGGREGATIONS:
         raise ValueError(f"unknown loss aggregation {aggregation!r}; choose one of {', '.join(LOSS_AGGREGATIONS)}")
-    total, count = sum(loss_tokens), sum(1 for n in loss_tokens if n > 0)
-    if total <= 0:
+    if sum(loss_tokens) <= 0:
         raise ValueError("a mini-batch without policy tokens has no loss")
-    if aggregation == "token-mean":
-        return [1.0 / total] * len(loss_tokens)
-    if aggregation == "seq-mean-token-mean":
-        return [1.0 / (count * n) if n else 0.0 for n in loss_tokens]
-    return [1.0 / (count * max(1, length_norm))] * len(loss_tokens)
+    return LOSS_AGGREGATIONS[aggregation](loss_tokens, length_norm)
 
 
 def grpo_loss(
@@ -396,13 +398,14 @@ def ppo_update(model: Any, optimizer: Any, scheduler: Any, sequences: Sequence[T
 
 def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: GRPOConfig, pad_id: int,
                          bf16: bool, dist: Distributed = Distributed()) -> UpdateStats:
-    """Backpropagate one mini-batch's loss (tokens weighted by ``config.loss_aggregation`` over the whole
+    """Backpropagate one mini-batch's loss (tokens weighted by the run's loss aggregation over the whole
     mini-batch), micro-batch by micro-batch; return its loss terms (``first_loss`` = the mini-batch's loss).
     Under data parallelism this rank runs its share of the mini-batch's micro-batches -- the same micro-batches
     one process would run -- and the terms are its share, summed over the ranks by the caller."""
     device = model_device(model)
     n_tokens = sum(s.n_loss_tokens for s in chunk)
-    weights = sequence_token_weights([s.n_loss_tokens for s in chunk], config.loss_aggregation,
+    weights = sequence_token_weights([s.n_loss_tokens for s in chunk],
+                                     loss_aggregation_for(config.estimator, config.loss_aggregation),
                                      config.max_new_tokens)
     sums = UpdateStats(first_loss=0.0, tokens=n_tokens)
     for indices, batch, logprobs, entropy in forward_micro_batches(model, chunk, config.micro_batch_tokens, pad_id,

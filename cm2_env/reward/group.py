@@ -31,7 +31,7 @@ the same at every action where it is eligible.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
@@ -75,40 +75,65 @@ class GroupScore:
         return {"rollouts": [r.to_json() for r in self.rollouts]}
 
 
-def _group_normalise(
-    values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: FNorm, min_group_count: int = 0
-) -> np.ndarray:
-    """(x - mean_g) / F_g for values labelled with group ids 0..n_groups-1 (the core of Eq. 5 and 7).
+#: A group estimator: ``(values, groups, n_groups) -> advantages`` for values labelled with comparison-group ids
+#: 0..n_groups-1 (one id for a trajectory-level group, one per turn, one per checklist item). Every level of
+#: :func:`score_group` goes through it; ``train.estimators`` registers the trainer's.
+GroupEstimator = Callable[[np.ndarray, np.ndarray, int], np.ndarray]
 
-    F_g = 1 ("none") or the group's sample std (ddof 1) + 1e-6 ("std"). Values of a group with fewer than
-    ``max(2, min_group_count)`` members get 0.
-    """
+
+def group_means(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+    """Each comparison group's mean value, for values labelled with group ids 0..n_groups-1 (0 for an empty
+    group)."""
     count = np.bincount(groups, minlength=n_groups)
-    mean = np.bincount(groups, values, minlength=n_groups) / np.maximum(count, 1)
-    advantage = values - mean[groups]
+    return np.bincount(groups, values, minlength=n_groups) / np.maximum(count, 1)
+
+
+def group_mean_baseline(values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: FNorm = "none") -> np.ndarray:
+    """(x - mean_g) / F_g for values labelled with group ids 0..n_groups-1 (the core of Eq. 5, 7 and 9): the
+    paper's estimator, and :func:`score_group`'s default.
+
+    F_g = 1 ("none") or the group's sample std (ddof 1) + 1e-6 ("std"); a group of one value has std 0.
+    """
+    advantage = values - group_means(values, groups, n_groups)[groups]
     if f_norm == "std":
+        count = np.bincount(groups, minlength=n_groups)
         variance = np.bincount(groups, advantage * advantage, minlength=n_groups) / np.maximum(count - 1, 1)
         advantage = advantage / (np.sqrt(variance) + STD_EPSILON)[groups]
-    enough = count >= max(2, min_group_count)
+    return advantage
+
+
+def _estimate(estimator: GroupEstimator, values: np.ndarray, groups: np.ndarray, n_groups: int,
+              min_group_count: int) -> np.ndarray:
+    """``estimator`` over the labelled values, 0 for a group with fewer than ``max(2, min_group_count)`` values."""
+    advantage = np.asarray(estimator(values, groups, n_groups), dtype=float)
+    if advantage.shape != values.shape:
+        raise ValueError(f"the group estimator returned {advantage.shape[0] if advantage.ndim else 'no'} "
+                         f"advantages for {len(values)} values")
+    enough = np.bincount(groups, minlength=n_groups) >= max(2, min_group_count)
     return np.where(enough[groups], advantage, 0.0)
 
 
-def score_group(records: Sequence[Any], *, f_norm: FNorm = "none", min_group_count: int = 0) -> GroupScore:
+def score_group(records: Sequence[Any], *, f_norm: FNorm = "none", min_group_count: int = 0,
+                estimator: GroupEstimator | None = None) -> GroupScore:
     """Rewards (as recorded) and trajectory/turn/step advantages (Eq. 5, 7, 8-10) of one group.
 
     ``records``: one reward record per rollout (:class:`cm2_env.reward.record.RewardRecord`: the environment's
     ``info["reward_record"]``, or :func:`cm2_env.reward.record.replay_histories` of bare verdict histories);
-    a record with ``failed`` true needs nothing else. ``f_norm``: "std" | "none". Raises ValueError naming the
-    rollout and turn when a record is incomplete or inconsistent (the live rollouts of a group must share the
-    reference: the same number of turns and the same checklists).
+    a record with ``failed`` true needs nothing else. ``f_norm``: "std" | "none", for the default estimator
+    (:func:`group_mean_baseline`); ``estimator`` replaces it at every level (:data:`GroupEstimator`). Raises
+    ValueError naming the rollout and turn when a record is incomplete or inconsistent (the live rollouts of a
+    group must share the reference: the same number of turns and the same checklists).
     """
     check_choice("f_norm", f_norm, F_NORMS)
+    if estimator is None:
+        def estimator(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
+            return group_mean_baseline(values, groups, n_groups, f_norm)
     group = _Group(records)
     live = group.live
     R = np.array([float(records[i]["R"]) for i in live], dtype=float)
-    adv_traj = _group_normalise(R, np.zeros(len(live), dtype=np.int64), 1, f_norm, min_group_count)
-    adv_turn = _group_normalise(group.turn_rewards, group.pair_turn, group.n_turns, f_norm, min_group_count)
-    adv_step = group.step_advantages(len(live), f_norm, min_group_count)
+    adv_traj = _estimate(estimator, R, np.zeros(len(live), dtype=np.int64), 1, min_group_count)
+    adv_turn = _estimate(estimator, group.turn_rewards, group.pair_turn, group.n_turns, min_group_count)
+    adv_step = group.step_advantages(len(live), estimator, min_group_count)
     return _assemble(records, group, R, adv_traj, adv_turn, adv_step)
 
 
@@ -223,22 +248,26 @@ class _Group:
         return np.bincount(slots, weights=values.ravel(), minlength=self.n_slots * self.width).reshape(
             self.n_slots, self.width)
 
-    def step_advantages(self, n_live: int, f_norm: FNorm, min_group_count: int) -> np.ndarray:
+    def item_advantages(self, n_live: int, estimator: GroupEstimator, min_group_count: int) -> np.ndarray:
+        """(rows, W): each row's item advantages, Eq. 8-9 -- the estimator over each (slot, item)'s G indicators
+        "live rollout i earned c in turn t", a rollout that never reached the turn counting 0 (so the paper's
+        baseline b_{t,c} is the indicators' mean over all G live rollouts)."""
+        position = np.searchsorted(np.array(self.live, dtype=np.int64), self.pair_rollout[self.row_pair])
+        cells = (position * self.n_slots + self.row_slot)[:, None] * self.width + np.arange(self.width)
+        earned = np.zeros(n_live * self.n_slots * self.width)
+        earned[cells] = self.pays
+        groups = np.tile(np.arange(self.n_slots * self.width), n_live)
+        advantage = _estimate(estimator, earned, groups, self.n_slots * self.width, min_group_count)
+        return advantage[cells]
+
+    def step_advantages(self, n_live: int, estimator: GroupEstimator, min_group_count: int) -> np.ndarray:
         """The step advantage of every action of every pair, flat in pair order (Eq. 8-10, variants averaged)."""
         weights = self.weights[self.row_slot]  # w_c per row (0 for padding)
         # g = latest first_satisfied among c's dependencies: 0 without any, _NEVER if one is never satisfied
         latest_dependency = np.where(self.depends[self.row_slot], self.first[:, None, :], 0).max(axis=2, initial=0)
         eligible_from = np.where(self.real[self.row_slot], latest_dependency + 1, _NEVER)  # c in E_a for
         eligible_to = np.minimum(self.first, self.row_steps[:, None])  # eligible_from <= a <= eligible_to
-        baseline = self._sum_by_slot(self.pays) / max(n_live, 1)  # b_{t,c}, Eq. 8: unreached turns count 0
-        if f_norm == "std" and n_live >= 2:
-            # sample std of G binary indicators with mean b: sqrt(G b (1 - b) / (G - 1))
-            scale = np.sqrt(n_live * baseline * (1 - baseline) / (n_live - 1)) + STD_EPSILON
-        else:
-            scale = np.ones_like(baseline)
-        item_advantage = (self.pays - baseline[self.row_slot]) / scale[self.row_slot]  # Eq. 9 on eligible actions
-        if n_live < max(2, min_group_count):
-            item_advantage[:] = 0.0
+        item_advantage = self.item_advantages(n_live, estimator, min_group_count)  # Eq. 9 on eligible actions
         if min_group_count > 0:
             eligible_count = self._sum_by_slot(eligible_from <= eligible_to)
             weights = weights * (eligible_count >= min_group_count)[self.row_slot]  # drop rarely reached items
