@@ -38,12 +38,13 @@ from cm2_env.data import load_dialogues  # noqa: E402
 from cm2_env.env import CM2ToolUseEnv  # noqa: E402
 from cm2_env.wrappers import CandidateActions, HashedFeatures, ReferenceCandidates  # noqa: E402
 
-#: PPO and DQN settings for this task: short episodes of a few decisions, a small discrete action space.
+#: PPO and DQN settings for this task: short episodes of a few decisions, a small discrete action space. DQN needs
+#: the shorter horizon (gamma 0.9): with 0.99 and otherwise these settings it reached 0.66 in 20k steps, not 0.95.
 PPO_SETTINGS: dict[str, Any] = dict(n_steps=512, batch_size=64, n_epochs=10, learning_rate=3e-4, gamma=0.99,
                                     ent_coef=0.01)
-DQN_SETTINGS: dict[str, Any] = dict(learning_rate=5e-4, buffer_size=20_000, learning_starts=1_000, batch_size=64,
-                                    train_freq=1, target_update_interval=500, exploration_fraction=0.3,
-                                    exploration_final_eps=0.02, gamma=0.99)
+DQN_SETTINGS: dict[str, Any] = dict(learning_rate=3e-4, buffer_size=50_000, learning_starts=1_000, batch_size=128,
+                                    train_freq=1, target_update_interval=250, exploration_fraction=0.3,
+                                    exploration_final_eps=0.01, gamma=0.9)
 
 
 def make_env(n_dialogues: int, num_candidates: int = 4, dim: int = 256) -> HashedFeatures:
