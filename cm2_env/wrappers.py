@@ -69,12 +69,15 @@ class ReferenceCandidates:
                         key=lambda text: _digest(position + text))
         offered: list[str | None] = sorted([right, *others[: k - 1]], key=_digest)
         return offered + [None] * (k - len(offered))
+
+
 class CandidateActions(gym.Wrapper):
     """``Discrete(num_candidates)`` actions over proposed action strings (see the module docstring).
 
     ``info["candidates"]`` holds the K strings the next action chooses from ("" in an empty slot) and
     ``info["candidate_mask"]`` which slots hold a candidate; :meth:`action_masks` returns that mask for
-    ``MaskablePPO``. Choosing an empty slot plays an empty reply. A proposer that draws from ``rng`` gets a
+    ``MaskablePPO``. Choosing an empty slot plays an empty reply. After the episode's last step the candidates
+    and the mask stay those of the last position until ``reset``. A proposer that draws from ``rng`` gets a
     generator seeded by ``reset(seed=...)``, so a seeded episode is reproducible.
     """
 
@@ -154,7 +157,10 @@ class HashedFeatures(gym.Wrapper):
         self.observation_space = gym.spaces.Box(-1.0, 1.0, (self.blocks * dim,), np.float32)
 
     def _features(self, observation: str, info: dict[str, Any]) -> np.ndarray:
-        text = turn_text(info.get("messages", [])) if self.features == "turn" else observation
+        if self.features == "turn" and "messages" not in info:
+            raise ValueError('features="turn" needs info["messages"] (CM2ToolUse-v0 provides it); this env gives '
+                             'none: use features="history"')
+        text = turn_text(info["messages"]) if self.features == "turn" else observation
         texts = [text, *info.get("candidates", [""] * (self.blocks - 1))][: self.blocks]
         texts += [""] * (self.blocks - len(texts))
         return np.concatenate([hashed_features(t, self.dim) for t in texts])

@@ -79,7 +79,24 @@ def test_reference_candidates_are_stationary_and_ordered_by_their_text_not_by_co
     assert len(set(right_slots)) > 1  # the right answer is not always in the same slot
 
 
+def test_the_distractors_are_chosen_per_position():
+    """Two positions of a dialogue with many actions offer different distractors: they are a hash of the position,
+    not one fixed set per dialogue."""
+    dialogues = load_dialogues("tooltalk")
+    propose = ReferenceCandidates(dialogues)
+    rich = next(d for d in dialogues if sum(len(t.actions) for t in dialogue_turns(d)) >= 8)
+    sets = []
+    for t, turn in enumerate(dialogue_turns(rich)):
+        for a in range(len(turn.actions)):
+            info = {"dialogue_id": rich.id, "turn": t, "action": a}
+            right = propose(info, 1)[0]
+            sets.append(frozenset(c for c in propose(info, 3) if c not in (None, right)))
+    # one fixed ranking per dialogue could give at most 3 pairs (its top two, minus the right answer); 14 of 16 here
+    assert len(set(sets)) > 3
+
+
 def test_empty_slots_are_masked_and_the_mask_reaches_maskable_ppo_through_the_wrappers():
+    pytest.importorskip("sb3_contrib", reason="the sb3 extra (pip install -e .[sb3]) installs sb3-contrib")
     from sb3_contrib import MaskablePPO
     from sb3_contrib.common.maskable.utils import get_action_masks
     from stable_baselines3.common.env_util import make_vec_env

@@ -38,7 +38,10 @@ def test_whitening_centres_and_scales_the_whole_batch():
     std = statistics.pstdev([2, 4, 6, 8])
     assert out == pytest.approx([(x - 5) / (std + 1e-6) for x in (2, 4, 6, 8)])
     assert float(out.mean()) == pytest.approx(0.0, abs=1e-12)
-    assert whiten(np.array([3.0])) == pytest.approx([3.0])  # nothing to compare with
+    assert whiten(np.array([3.0])) == pytest.approx([0.0]) and whiten(np.array([])).size == 0
+    # weighted: [0, 1] with weights [3, 1] -> mean 1/4, std sqrt(3/16)
+    std = (3 / 16) ** 0.5 + 1e-6
+    assert whiten(np.array([0.0, 1.0]), np.array([3.0, 1.0])) == pytest.approx([-0.25 / std, 0.75 / std])
 
 
 CHECKLIST = [
@@ -47,9 +50,9 @@ CHECKLIST = [
 ]
 
 
-def _episode(dialogue: str, index: int, actions: int, record: dict) -> EpisodeResult:
-    step = AgentStep(text="", message={"role": "assistant", "content": ""}, prompt_ids=[1], completion_ids=[2],
-                     logprobs=[-0.5])
+def _episode(dialogue: str, index: int, actions: int, record: dict, tokens: int = 1) -> EpisodeResult:
+    step = AgentStep(text="", message={"role": "assistant", "content": ""}, prompt_ids=[1], completion_ids=[2] * tokens,
+                     logprobs=[-0.5] * tokens)
     return EpisodeResult(dialogue_id=dialogue, group_index=index, steps=[step] * actions, messages=[], rewards=[],
                          reward_record=record, verdicts=None, failed=bool(record.get("failed")), failure=None,
                          truncated=False, turns_reached=len(record["turns"]), reference_turns=2)
@@ -113,6 +116,23 @@ def test_reinforce_pp_whitens_the_group_baselined_advantages_over_every_live_act
     out = _advantages(episodes, estimator="reinforce_pp", advantage_level="trajectory")
     assert out[0] + out[1] + out[2] == pytest.approx([(a - centre) / spread for a in grouped])
     assert out[3] is None
+
+
+def test_reinforce_pp_weighs_actions_by_their_tokens_and_leaves_groups_without_spread_to_be_skipped(episodes):
+    # rollout 0's three actions are 4 tokens each: the batch statistics count them 4 times
+    episodes = [_episode("d", 0, 3, episodes[0].reward_record, tokens=4), *episodes[1:]]
+    # a second dialogue whose two rollouts earned the same: advantages 0 before whitening
+    same = replay_histories(CHECKLIST, [{"failed": False, "turns": [{"steps": 1, "first_satisfied": {"C0": 1}}]}] * 2)
+    episodes += [_episode("e", i, 1, record) for i, record in enumerate(same)]
+    mean = 1.25 / 3
+    grouped, weights = [1 - mean] * 3 + [0.25 - mean] + [-mean], [4, 4, 4, 1, 1]
+    centre = sum(a * w for a, w in zip(grouped, weights)) / sum(weights)
+    spread = (sum(w * (a - centre) ** 2 for a, w in zip(grouped, weights)) / sum(weights)) ** 0.5 + 1e-6
+    out = _advantages(episodes, estimator="reinforce_pp", skip_zero_advantage=True)
+    assert out[0] + out[1] + out[2] == pytest.approx([(a - centre) / spread for a in grouped])
+    assert out[4] == [0.0] and out[5] == [0.0]  # kept at 0 and out of the statistics: skipped, not pushed
+    with_zero = _advantages(episodes, estimator="reinforce_pp", skip_zero_advantage=False)
+    assert with_zero[4] != [0.0]  # without the skip, every live action is whitened
 
 
 def test_a_registered_estimator_is_one_function_and_one_line(episodes, monkeypatch):

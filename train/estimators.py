@@ -70,8 +70,8 @@ def rloo(values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: str = "n
 
 def reinforce_pp(values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: str = "none") -> np.ndarray:
     """REINFORCE++ with a group baseline: A_i = x_i - mean_g here, then whitened over the whole step's batch
-    (:func:`whiten`: minus the batch mean, divided by the batch std + 1e-6) -- a batch-level normalisation, where
-    GRPO normalises per group.
+    (:func:`whiten`: minus the batch mean, divided by the batch std + 1e-6, both over the batch's completion
+    tokens) -- a batch-level normalisation, where GRPO normalises per group.
 
     Source: Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models" (the
     "-baseline" variant for several samples per prompt).
@@ -79,17 +79,23 @@ def reinforce_pp(values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: 
     return values - group_means(values, groups, n_groups)[groups]
 
 
-def whiten(advantages: np.ndarray) -> np.ndarray:
-    """(A - mean) / (std + 1e-6) over a whole batch (population std); one value or none: unchanged."""
-    if advantages.size < 2:
+def whiten(advantages: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
+    """(A - mean) / (std + 1e-6) over a whole batch, mean and population std weighted by ``weights`` (the trainer
+    weighs each action by its completion tokens); one value becomes 0, an empty batch stays empty."""
+    if advantages.size == 0:
         return advantages
-    return (advantages - advantages.mean()) / (advantages.std() + STD_EPSILON)
+    weights = np.ones_like(advantages) if weights is None else np.asarray(weights, dtype=float)
+    weights = weights / weights.sum()
+    mean = float((weights * advantages).sum())
+    std = float(np.sqrt((weights * (advantages - mean) ** 2).sum()))
+    return (advantages - mean) / (std + STD_EPSILON)
 
 
 @dataclass(frozen=True)
 class Estimator:
     """A registry entry: ``group`` is the per-group function; ``whiten_batch``: afterwards, whiten the step's
-    advantages over all its live actions (each action one value); ``loss_aggregation``: what ``auto`` means;
+    advantages over all its live actions, each weighted by its completion tokens (with ``skip_zero_advantage``,
+    groups without reward spread stay 0 and out of the statistics); ``loss_aggregation``: what ``auto`` means;
     ``std``: whether ``f_norm: std`` applies (else the config refuses it)."""
 
     group: Callable[[np.ndarray, np.ndarray, int, str], np.ndarray]

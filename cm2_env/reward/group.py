@@ -125,6 +125,8 @@ def score_group(records: Sequence[Any], *, f_norm: FNorm = "none", min_group_cou
     group must share the reference: the same number of turns and the same checklists).
     """
     check_choice("f_norm", f_norm, F_NORMS)
+    if estimator is not None and f_norm != "none":
+        raise ValueError("f_norm belongs to the default estimator; with estimator= given, normalise inside it")
     if estimator is None:
         def estimator(values: np.ndarray, groups: np.ndarray, n_groups: int) -> np.ndarray:
             return group_mean_baseline(values, groups, n_groups, f_norm)
