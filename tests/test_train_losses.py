@@ -293,20 +293,29 @@ def test_forward_batches_share_identical_prompts_and_keep_every_sequence_once():
         assert all(sequences[i].input_ids[:n] == sequences[members[0]].input_ids[:n] for i in members)
 
 
-def test_a_shared_prompt_gives_the_same_logprobs_and_gradients_as_separate_rows(tmp_path):
-    from tests.support.tiny_models import micro_model_dir
-    from train.policy import load_model, selected_logprobs
-    from train.sequences import TokenSequence, forward_batches
+def _shared_prompt_sequences(seed: int, completions: tuple[int, ...]) -> list:
+    """Sequences of one random 30-token prompt, each followed by a random completion of the given length."""
+    from train.sequences import TokenSequence
 
-    model = load_model(str(micro_model_dir(tmp_path, seed=3)))
-    generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(seed)
     prompt = torch.randint(5, 200, (30,), generator=generator).tolist()
     sequences = []
-    for n in (3, 7, 1, 5):  # different completion lengths: right padding inside the shared micro-batch
+    for n in completions:
         s = TokenSequence()
         s.extend(prompt, trainable=False)
         s.extend(torch.randint(5, 200, (n,), generator=generator).tolist(), trainable=True, logprobs=[-1.0] * n)
         sequences.append(s)
+    return sequences
+
+
+def test_a_shared_prompt_gives_the_same_logprobs_and_gradients_as_separate_rows(tmp_path):
+    from tests.support.tiny_models import micro_model_dir
+    from train.policy import load_model, selected_logprobs
+    from train.sequences import forward_batches
+
+    model = load_model(str(micro_model_dir(tmp_path, seed=3)))
+    # different completion lengths: right padding inside the shared micro-batch
+    sequences = _shared_prompt_sequences(seed=0, completions=(3, 7, 1, 5))
     [(members, shared)] = forward_batches(sequences, max_tokens=10_000)
     assert shared == 29 and sorted(members) == [0, 1, 2, 3]
     batch = collate([sequences[i] for i in members], pad_id=0)
@@ -328,17 +337,10 @@ def test_gradient_checkpointing_trains_on_whole_rows_and_gets_the_same_logprobs_
     lost, so such a model is budgeted and run without sharing -- and gives what the uncheckpointed model gives."""
     from tests.support.tiny_models import micro_model_dir
     from train.policy import forward_micro_batches, load_model, shares_prefix
-    from train.sequences import TokenSequence, forward_batches
+    from train.sequences import forward_batches
 
     model = load_model(str(micro_model_dir(tmp_path, seed=3)))
-    generator = torch.Generator().manual_seed(1)
-    prompt = torch.randint(5, 200, (30,), generator=generator).tolist()
-    sequences = []
-    for n in (4, 2, 6):
-        s = TokenSequence()
-        s.extend(prompt, trainable=False)
-        s.extend(torch.randint(5, 200, (n,), generator=generator).tolist(), trainable=True, logprobs=[-1.0] * n)
-        sequences.append(s)
+    sequences = _shared_prompt_sequences(seed=1, completions=(4, 2, 6))
     assert [shared for _, shared in forward_batches(sequences, 10_000)] == [29]
     assert [shared for _, shared in forward_batches(sequences, 10_000, share=False)] == [0]
     results = []

@@ -35,7 +35,7 @@ from typing import Callable
 import numpy as np
 
 from cm2_env.reward import STD_EPSILON
-from cm2_env.reward.group import group_mean_baseline, group_means
+from cm2_env.reward.group import group_mean_baseline, group_means  # group_means: for custom estimators
 
 
 def grpo(values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: str = "none") -> np.ndarray:
@@ -54,7 +54,7 @@ def dr_grpo(values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: str =
 
     Source: Liu et al. 2025, "Understanding R1-Zero-Like Training: A Critical Perspective".
     """
-    return values - group_means(values, groups, n_groups)[groups]
+    return group_mean_baseline(values, groups, n_groups)
 
 
 def rloo(values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: str = "none") -> np.ndarray:
@@ -65,7 +65,7 @@ def rloo(values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: str = "n
     to Basics: Revisiting REINFORCE Style Optimization for Learning from Human Feedback in LLMs".
     """
     count = np.bincount(groups, minlength=n_groups)[groups]
-    return (values - group_means(values, groups, n_groups)[groups]) * count / np.maximum(count - 1, 1)
+    return group_mean_baseline(values, groups, n_groups) * count / np.maximum(count - 1, 1)
 
 
 def reinforce_pp(values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: str = "none") -> np.ndarray:
@@ -76,7 +76,7 @@ def reinforce_pp(values: np.ndarray, groups: np.ndarray, n_groups: int, f_norm: 
     Source: Hu 2025, "REINFORCE++: A Simple and Efficient Approach for Aligning Large Language Models" (the
     "-baseline" variant for several samples per prompt).
     """
-    return values - group_means(values, groups, n_groups)[groups]
+    return group_mean_baseline(values, groups, n_groups)
 
 
 def whiten(advantages: np.ndarray, weights: np.ndarray | None = None) -> np.ndarray:
@@ -89,6 +89,28 @@ def whiten(advantages: np.ndarray, weights: np.ndarray | None = None) -> np.ndar
     mean = float((weights * advantages).sum())
     std = float(np.sqrt((weights * (advantages - mean) ** 2).sum()))
     return (advantages - mean) / (std + STD_EPSILON)
+
+
+def whiten_actions(advantages: list[list[float] | None], tokens: list[list[int]], keep_zero: bool) -> None:
+    """Whiten a step's per-action advantages in place (:func:`whiten`), each action weighted by its completion
+    tokens (``tokens[i][k]``; weight 1 where an episode's counts do not line up with its actions), as REINFORCE++
+    normalises over the batch's tokens. ``None`` (a failed episode) stays None. With ``keep_zero``
+    (``skip_zero_advantage``), an episode whose advantages are all 0 -- a group without reward spread -- keeps
+    them and stays out of the statistics, so it is still skipped rather than pushed by the batch's mean."""
+    chosen = [i for i, a in enumerate(advantages) if a is not None and (any(a) or not keep_zero)]
+    values: list[float] = []
+    weights: list[float] = []
+    for i in chosen:
+        per_action = advantages[i] or []
+        counts = tokens[i] if len(tokens[i]) == len(per_action) else [1] * len(per_action)
+        values.extend(per_action)
+        weights.extend(max(1, n) for n in counts)
+    flat = whiten(np.array(values), np.array(weights, dtype=float))
+    position = 0
+    for i in chosen:
+        n = len(advantages[i] or [])
+        advantages[i] = flat[position: position + n].tolist()
+        position += n
 
 
 @dataclass(frozen=True)

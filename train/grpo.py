@@ -34,7 +34,7 @@ import torch
 
 from agents.token_path import eos_token_id, pad_token_id
 from train.config import GRPOConfig
-from train.estimators import ESTIMATORS, LOSS_AGGREGATIONS, loss_aggregation_for, whiten
+from train.estimators import ESTIMATORS, LOSS_AGGREGATIONS, loss_aggregation_for, whiten_actions
 from train.distributed import Distributed, FSDP2Policy, init_distributed, is_sharded
 from train.rollout_engine import AgentFactory, rollout_factory, transformers_agent
 from train.policy import (ReferencePolicy, add_lora, configure_torch, forward_micro_batches, load_model,
@@ -150,29 +150,9 @@ def action_advantages(episodes: Sequence[Any], config: GRPOConfig) -> list[list[
             out[i] = advantages_per_action([int(turn["steps"]) for turn in record["turns"]], level,
                                            config.advantage_level)
     if entry.whiten_batch:
-        _whiten_batch(episodes, out, keep_zero=config.skip_zero_advantage)
+        whiten_actions(out, [[len(s.completion_ids) for s in episode.steps] for episode in episodes],
+                       keep_zero=config.skip_zero_advantage)
     return out
-
-
-def _whiten_batch(episodes: Sequence[Any], advantages: list[list[float] | None], keep_zero: bool) -> None:
-    """Whiten the step's advantages in place (:func:`train.estimators.whiten`), each action weighted by its
-    completion tokens, as REINFORCE++ normalises over the batch's tokens. With ``keep_zero``
-    (``skip_zero_advantage``), an episode whose advantages are all 0 -- a group without reward spread -- keeps
-    them and stays out of the statistics, so it is still skipped rather than pushed by the batch's mean."""
-    chosen = [i for i, a in enumerate(advantages) if a is not None and (any(a) or not keep_zero)]
-    values: list[float] = []
-    weights: list[float] = []
-    for i in chosen:
-        per_action, steps = advantages[i], episodes[i].steps
-        tokens = [len(s.completion_ids) for s in steps] if len(steps) == len(per_action) else [1] * len(per_action)
-        values.extend(per_action)
-        weights.extend(max(1, n) for n in tokens)
-    flat = whiten(np.array(values), np.array(weights, dtype=float))
-    position = 0
-    for i in chosen:
-        n = len(advantages[i])  # type: ignore[arg-type]
-        advantages[i] = flat[position: position + n].tolist()
-        position += n
 
 
 def training_sequences(episodes: Sequence[Any], advantages: Sequence[list[float] | None],

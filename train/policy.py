@@ -145,11 +145,13 @@ def shares_prefix(model: Any) -> bool:
     into decoder and head (:func:`_decoder_and_head`), and no gradient checkpointing drops the prompt's keys and
     values -- transformers discards the cache of a checkpointed layer in training mode with gradients on. Callers
     budget micro-batches with the same answer (:func:`train.sequences.forward_batches`)."""
-    if _decoder_and_head(model) is None:
-        return False
-    checkpointed = model.training and torch.is_grad_enabled() and any(
+    return _decoder_and_head(model) is not None and not _checkpointing_drops_cache(model)
+
+
+def _checkpointing_drops_cache(model: Any) -> bool:
+    """Whether a gradient-checkpointed layer of ``model`` would discard a KV cache now (training, gradients on)."""
+    return model.training and torch.is_grad_enabled() and any(
         getattr(module, "gradient_checkpointing", False) is True for module in model.modules())
-    return not checkpointed
 
 
 def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: float = 1.0,
@@ -170,7 +172,7 @@ def selected_logprobs(model: Any, batch: dict[str, torch.Tensor], temperature: f
     if bool(attention.all()):  # no padding: no mask, so attention takes the fused causal kernel
         attention = None
     split = _decoder_and_head(model)
-    if split is not None and shared > 0 and shares_prefix(model):
+    if split is not None and shared > 0 and not _checkpointing_drops_cache(model):  # what shares_prefix says
         decoder, head = split
         from transformers import DynamicCache
 
