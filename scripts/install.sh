@@ -8,7 +8,7 @@ if [ ! -x "$VENV/bin/python" ]; then
   python3 -m venv "$VENV"
   "$VENV/bin/pip" install -q --upgrade pip
 fi
-"$VENV/bin/pip" install -q torch==2.13.0 -e ".[dev,bfcl,tau2,lora,sb3]"
+"$VENV/bin/pip" install -q torch==2.13.0 -e ".[dev,bfcl,tau2,lora,sb3,trl]"
 # bfcl-eval without its dependency tree (sentence-transformers would pull CUDA torch); the `bfcl` extra above
 # installed the minimal set its multi-turn checker and handler loop need.
 "$VENV/bin/pip" install -q --no-deps bfcl-eval==2026.3.23

@@ -33,6 +33,9 @@ def test_the_first_update_starts_from_ratio_one_and_clips_nothing(model_dir, tmp
     assert record["sequences"] > 0 and record["loss_tokens"] > 0
     assert record["clip_fraction"] == 0.0
     assert record["ratio_max"] == pytest.approx(1.0, abs=1e-4) and record["ratio_min"] == pytest.approx(1.0, abs=1e-4)
+    written = (tmp_path / "config.yaml").read_text()  # the run says what `loss_aggregation: auto` became
+    assert "loss_aggregation: auto" in written
+    assert written.rstrip().endswith("# loss_aggregation auto resolves to token-mean (the grpo estimator's own)")
 
 
 def test_the_trainer_samples_with_the_agent_its_factory_builds_from_the_live_policy(model_dir, tmp_path):

@@ -549,7 +549,10 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
             clear_run(out)
     if dist.main:
         out.mkdir(parents=True, exist_ok=True)
-        (out / "config.yaml").write_text(config.to_yaml(), encoding="utf-8")
+        resolved = loss_aggregation_for(config.estimator, config.loss_aggregation)
+        note = f"\n# loss_aggregation auto resolves to {resolved} (the {config.estimator} estimator's own)\n" \
+            if config.loss_aggregation == "auto" else ""
+        (out / "config.yaml").write_text(config.to_yaml() + note, encoding="utf-8")
     dist.barrier()
     configure_torch(config)
     dialogues = select_dialogues(dialogues if dialogues is not None else load_dialogues(config.dataset), config)
