@@ -103,3 +103,63 @@ def _print_table(summary: dict, agent_spec: str) -> None:
     if not summary.get("llm"):
         table.add_row("LLM calls", "0")
     Console(stderr=False).print(table)
+
+
+@click.command("serve")
+@click.option("--agent", "agent_spec", required=True,
+              help="hf:PATH (e.g. a cm2 train output: runs/tiny-cpu/grpo/final) | replay | probe:KIND | "
+                   "openai:URL#model | MODULE:ATTRIBUTE")
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Interface to listen on (loopback by default; 0.0.0.0 exposes the policy to the network).")
+@click.option("--port", default=8000, show_default=True, type=click.IntRange(0, 65535),
+              help="Port (0: any free port; the URL is printed).")
+@click.option("--served-model-name", "model_name", default="cm2-policy", show_default=True,
+              help="The model name clients must send.")
+@click.option("--dataset", default="tooltalk", show_default=True,
+              help="Dialogues for replay and probe agents (a request's dialogue is found by its first user message "
+                   "or metadata.dialogue_id).")
+@click.option("--temperature", default=None, type=float, help="Sampling temperature (endpoint and hf: agents).")
+@click.option("--max-new-tokens", default=None, type=int, help="Generation budget per answer (hf: agents).")
+@click.option("--api-key-env", default=None, metavar="VAR",
+              help="Require 'Authorization: Bearer KEY' with KEY read from this environment variable.")
+def serve(agent_spec, host, port, model_name, dataset, temperature, max_new_tokens, api_key_env):
+    """Serve a policy as an OpenAI-compatible chat endpoint (/v1/chat/completions, /v1/models) until
+    SIGINT/SIGTERM."""
+    import asyncio
+    import logging
+    import os
+
+    from agents import make_agent
+    from agents.serve import ChatServer, bound_url, uvicorn_server
+    from cm2_env.data import load_dialogues
+    from cm2_env.specs import parse
+
+    kind = parse(agent_spec, "policy").kind
+    dialogues = load_dialogues(dataset) if kind in ("replay", "probe") else []
+    options = {}
+    if temperature is not None and kind in ("endpoint", "hf"):
+        options["temperature"] = temperature
+    if max_new_tokens is not None and kind == "hf":
+        options["max_new_tokens"] = max_new_tokens
+    api_key = None
+    if api_key_env:
+        api_key = os.environ.get(api_key_env)
+        if not api_key:
+            raise click.UsageError(f"--api-key-env {api_key_env}: that environment variable is not set")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    http = uvicorn_server(ChatServer(make_agent(agent_spec, dialogues, **options), model_name, dialogues, api_key),
+                          host, port)
+
+    async def run() -> None:
+        task = asyncio.create_task(http.serve())
+        while not http.started and not task.done():
+            await asyncio.sleep(0.05)
+        if http.started:
+            click.echo(f"cm2 serve: {agent_spec} as model {model_name!r} at {bound_url(http)} "
+                       "(Ctrl-C or SIGTERM stops it)", err=True)
+        await task
+
+    asyncio.run(run())
+    if not http.started:
+        raise click.ClickException(f"could not serve on {host}:{port} (see the log above)")
+    click.echo("cm2 serve: stopped", err=True)
