@@ -2,7 +2,8 @@
 
 The unit tests drive the generated environments the way TRL does (``reset(**row)``, the tool methods of one message
 gathered on one event loop, then the reward function) and compare with the same actions sent straight to
-``CM2ToolUseEnv``. The last test runs two real TRL GRPO steps on a micro model."""
+``CM2ToolUseEnv``. Two tests run TRL's GRPOTrainer itself: one with a scripted policy (TRL's generation replaced by
+fixed replies, so TRL's own tool loop, parser and reward path run on known calls) and one with a micro model."""
 
 from __future__ import annotations
 
@@ -18,10 +19,26 @@ pytest.importorskip("trl", reason="the trl extra is not installed (pip install '
 
 from cm2_env.data import load_dialogues  # noqa: E402
 from cm2_env.env import CM2ToolUseEnv  # noqa: E402
-from cm2_env.integrations.trl import TRL_LIMIT, CM2Environments, cm2_reward, environment_class  # noqa: E402
+from cm2_env.integrations.trl import (TRL_LIMIT, CM2Environments, _unrouted, cm2_reward,  # noqa: E402
+                                      environment_class)
 from cm2_env.toolcalls import render_message_hermes  # noqa: E402
 
 os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+CALLS = "tooltalk/Calendar-Reminder-Weather-ModifyEvent-1"  # a first turn of tool calls, then a reply
+
+
+def _one_dialogue(dialogue_id, **options):
+    """The training row of one dialogue and a fresh environment instance for it, as TRL's pool would make."""
+    cm2 = CM2Environments("tooltalk", dialogue_ids=[dialogue_id], **options)
+    row = cm2.rows()[0]
+    return row, cm2.environment_factory[row["environment"]]()
+
+
+def _first_call(dialogue_id):
+    call = _first_turn(dialogue_id)[0]["tool_calls"][0]["function"]
+    return call["name"], json.loads(call["arguments"])
 
 
 def _first_turn(dialogue_id):
@@ -80,7 +97,7 @@ def test_the_generated_tool_methods_give_transformers_the_env_s_own_tool_schemas
     cm2 = CM2Environments("tooltalk")
     checked = 0
     for row in cm2.rows():
-        env_tools = {t["function"]["name"]: t["function"] for t in row_tools(cm2, row)}
+        env_tools = {t["function"]["name"]: t["function"] for t in _row_tools(row)}
         instance = cm2.environment_factory[row["environment"]]()
         methods = _tool_methods(instance)
         assert set(methods) == set(env_tools)
@@ -99,7 +116,7 @@ def test_the_generated_tool_methods_give_transformers_the_env_s_own_tool_schemas
     assert checked > 100
 
 
-def row_tools(cm2, row):
+def _row_tools(row):
     env = CM2ToolUseEnv("tooltalk")
     _, info = env.reset(options={"dialogue_id": row["dialogue_id"]})
     env.close()
@@ -117,14 +134,14 @@ def test_the_dataset_holds_the_env_s_first_observation_and_one_environment_per_t
         assert row["prompt"] == [{"role": m["role"], "content": m["content"]} for m in info["messages"]]
     same_tools = {}
     for row in rows:
-        tools = json.dumps(row_tools(cm2, row), sort_keys=True)
+        tools = json.dumps(_row_tools(row), sort_keys=True)
         assert same_tools.setdefault(row["environment"], tools) == tools
     assert len(set(cm2.environment_factory)) == len(same_tools) < len(rows)
     assert len(cm2.dataset()) == len(rows)
 
 
 @pytest.mark.parametrize("dialogue_id", [
-    "tooltalk/Calendar-Reminder-Weather-ModifyEvent-1",  # tool calls, then a reply
+    CALLS,  # tool calls, then a reply
     "tooltalk/AccountTools-Calendar-Weather-RegisterUser-0",  # a reply only
 ])
 def test_the_reference_first_turn_earns_the_env_s_R_through_the_trl_environment(dialogue_id):
@@ -142,12 +159,8 @@ def test_the_reference_first_turn_earns_the_env_s_R_through_the_trl_environment(
 
 
 def test_the_calls_of_one_message_are_one_env_action_and_later_calls_their_own():
-    dialogue_id = "tooltalk/Calendar-Reminder-Weather-ModifyEvent-1"
-    cm2 = CM2Environments("tooltalk", dialogue_ids=[dialogue_id])
-    row = cm2.rows()[0]
-    instance = cm2.environment_factory[row["environment"]]()
-    call = _first_turn(dialogue_id)[0]["tool_calls"][0]["function"]
-    name, arguments = call["name"], json.loads(call["arguments"])
+    row, instance = _one_dialogue(CALLS)
+    name, arguments = _first_call(CALLS)
 
     async def main():
         instance.reset(**row)
@@ -164,7 +177,7 @@ def test_the_calls_of_one_message_are_one_env_action_and_later_calls_their_own()
 
 
 def test_a_completion_that_ends_with_open_calls_is_truncated_and_pays_what_was_satisfied():
-    dialogue_id = "tooltalk/Calendar-Reminder-Weather-ModifyEvent-1"
+    dialogue_id = CALLS
     cm2 = CM2Environments("tooltalk", dialogue_ids=[dialogue_id])
     row = cm2.rows()[0]
     instance = cm2.environment_factory[row["environment"]]()
@@ -177,11 +190,12 @@ def test_a_completion_that_ends_with_open_calls_is_truncated_and_pays_what_was_s
     for message in calls_only:
         env.step(render_message_hermes(message))
     _, direct = env.truncate(TRL_LIMIT)
+    env.close()
     assert reward == direct["R"]
 
 
 def test_calls_after_the_env_ended_the_episode_are_answered_without_reaching_it():
-    dialogue_id = "tooltalk/Calendar-Reminder-Weather-ModifyEvent-1"
+    dialogue_id = CALLS
     cm2 = CM2Environments("tooltalk", dialogue_ids=[dialogue_id], max_actions_per_turn=1)
     row = cm2.rows()[0]
     instance = cm2.environment_factory[row["environment"]]()
@@ -213,7 +227,30 @@ def test_a_failed_episode_gives_trl_none_and_is_counted():
             await cm2.aclose()
 
     assert asyncio.run(main()) == [None]
-    assert instance._info["failed"] and logged == {"cm2/failed": 1.0}
+    assert instance._info["failed"] and logged == {"cm2/failed": 1.0, "cm2/unrouted_calls": 0.0}
+
+
+def test_a_call_no_json_can_hold_is_answered_by_the_env_as_malformed_text():
+    """NaN arguments (Python's json reads them): the message's text is malformed for the env, which answers
+    every call of it with the parse error and runs none -- exactly what an action with such text gets in our own
+    rollouts -- instead of the tool call raising inside TRL's loop."""
+    row, instance = _one_dialogue(CALLS)
+    name, arguments = _first_call(CALLS)
+
+    async def main():
+        instance.reset(**row)
+        method = _tool_methods(instance)[name]
+        return await asyncio.gather(method(**arguments), method(**{**arguments, "start_time": float("nan")}))
+
+    answers = asyncio.run(main())
+    info = instance._info
+    assert info["usage"]["actions"] == 1 and info["usage"]["tool_calls"] == 0 and info["usage"]["invalid_calls"] == 1
+    assert [json.loads(a)["kind"] for a in answers] == ["invalid_json"] * 2
+
+
+def test_cm2_reward_without_cm2_environments_says_how_to_pass_them():
+    with pytest.raises(ValueError, match="environment_factory=CM2Environments"):
+        asyncio.run(cm2_reward([[]], [[{"role": "assistant", "content": "x"}]]))
 
 
 def test_a_tool_that_trl_cannot_expose_is_refused_naming_it():
@@ -224,16 +261,123 @@ def test_a_tool_that_trl_cannot_expose_is_refused_naming_it():
         "type": "object", "properties": {"a": {"type": "datetime"}}}}}]
     with pytest.raises(ValueError, match=r"tool 'f', parameter 'a'.*'datetime'"):
         environment_class("x", weird)
+    keyword = [{"type": "function", "function": {"name": "f", "description": "x", "parameters": {
+        "type": "object", "properties": {"from": {"type": "string"}}}}}]
+    with pytest.raises(ValueError, match=r"tool 'f': parameter 'from'.*keyword"):
+        environment_class("x", keyword)
+    with pytest.raises(ValueError, match="defined twice"):
+        environment_class("x", [_tool("g"), _tool("g")])
     with pytest.raises(ValueError, match="max_turns is fixed at 1"):
         CM2Environments("tooltalk", max_turns=2)
+    with pytest.raises(ValueError, match="invalid_call_policy='terminate' cannot hold under TRL"):
+        CM2Environments("tooltalk", invalid_call_policy="terminate")
+
+
+def _tool(name):
+    return {"type": "function", "function": {"name": name, "description": "x", "parameters": {}}}
+
+
+class _Received:
+    """Per step: the rewards TRL recorded for the step's rollouts (its ``_logs``, what its advantages were
+    computed from) next to each rollout's env info, as the reward function saw it."""
+
+    def __init__(self):
+        self.infos, self.steps, self.trainer = [], [], None
+
+    async def reward(self, prompts, completions, environments, **kwargs):
+        rewards = await cm2_reward(prompts, completions, environments, **kwargs)
+        self.infos.append([dict(e._info, unrouted=_unrouted(c, e._routed)) for c, e in zip(completions, environments)])
+        return rewards
+
+    def callback(self):
+        from transformers import TrainerCallback
+
+        received = self
+
+        class Record(TrainerCallback):
+            def on_step_end(self, args, state, control, **kwargs):
+                received.steps.append(list(received.trainer._logs["rewards"]["cm2_reward"]))
+
+        return Record()
+
+
+def _trainer(cls, model, tokenizer, cm2, received, tmp_path, **config):
+    from trl import GRPOConfig
+
+    received.reward.__func__.__name__ = "cm2_reward"
+    args = GRPOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, per_device_train_batch_size=4,
+                      num_generations=4, learning_rate=1e-3, logging_steps=1, report_to="none", save_strategy="no",
+                      gradient_checkpointing=False, seed=0, beta=0.0, **config)
+    trainer = cls(model=model, reward_funcs=received.reward, args=args, train_dataset=cm2.dataset(),
+                  environment_factory=cm2.environment_factory, processing_class=tokenizer,
+                  callbacks=[received.callback()])
+    received.trainer = trainer
+    return trainer
+
+
+def test_trl_s_tool_loop_on_scripted_replies_reaches_the_env_one_message_per_action(tmp_path):
+    """TRL's generation is replaced by fixed replies (a scripted policy); everything else is TRL's own: its
+    response parser, tool loop, reward call and loss. Four rollouts: the reference; two calls in one message;
+    hostile calls (unknown tool, non-object arguments, an unknown argument); calls until TRL's iteration limit."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from trl import GRPOTrainer
+
+    from cm2_env.integrations.trl import add_tool_call_parser
+    from tests.support.tiny_models import micro_model_dir
+
+    dialogue_id = CALLS
+    reference = _first_turn(dialogue_id)
+    query = render_message_hermes(reference[0])
+    reply = reference[-1]["content"] + "<|im_end|>"
+    hostile = "\n".join([
+        '<tool_call>\n{"name": "QueryCalendar", "arguments": "a string"}\n</tool_call>',
+        '<tool_call>\n{"name": "NoSuchTool", "arguments": {}}\n</tool_call>',
+        '<tool_call>\n{"name": "QueryCalendar", "arguments": {"start_time": "x", "end_time": "y", "z": 1}}'
+        '\n</tool_call>',
+        query])
+    scripts = [[query + "<|im_end|>", reply], [query + "\n" + query + "<|im_end|>", reply],
+               [hostile + "<|im_end|>", reply], [query + "<|im_end|>"] * 3]
+    path = micro_model_dir(tmp_path / "micro", seed=0)
+    tokenizer = add_tool_call_parser(AutoTokenizer.from_pretrained(path))
+
+    class ScriptedGRPO(GRPOTrainer):
+        def _generate_single_turn(self, prompt_ids, images, multimodal_fields, num_generations, has_tool_images=False):
+            out = []
+            for k, ids in enumerate(prompt_ids):
+                text = tokenizer.decode(ids, skip_special_tokens=False)
+                turn = text.count("<|im_start|>assistant") - 1
+                rollout = k if turn == 0 else int(text.split("[rollout ", 1)[1][0])
+                answer = scripts[rollout][min(turn, len(scripts[rollout]) - 1)]
+                tag = f"[rollout {rollout}]" if turn == 0 else ""
+                out.append(tokenizer(tag + answer, add_special_tokens=False)["input_ids"])
+            return out, None
+
+    cm2 = CM2Environments("tooltalk", dialogue_ids=[dialogue_id], max_actions_per_turn=5)
+    received = _Received()
+    trainer = _trainer(ScriptedGRPO, AutoModelForCausalLM.from_pretrained(path), tokenizer, cm2, received,
+                       tmp_path, max_steps=1, max_completion_length=2048, max_tool_calling_iterations=2)
+    trainer.train()
+
+    (infos,), (rewards,) = received.infos, received.steps
+    assert rewards == [info["R"] for info in infos]  # what TRL's advantages used is the env's R
+    first, both, bad, looping = infos
+    assert first["R"] == _direct(dialogue_id, reference)["R"] > 0 and first["usage"]["actions"] == 2
+    assert both["usage"]["actions"] == 2 and both["usage"]["tool_calls"] == 2
+    assert [len(m.get("tool_calls") or []) for m in both["messages"] if m["role"] == "assistant"][0] == 2
+    assert bad["usage"]["actions"] == 2 and bad["usage"]["tool_calls"] == 2 and bad["usage"]["invalid_calls"] == 1
+    assert bad["unrouted"] == 2  # the string arguments and the unknown tool: TRL answered them itself
+    # max_tool_calling_iterations=2: two messages' calls run, the third message's call is left open
+    assert looping["end_reason"] == TRL_LIMIT and looping["usage"]["actions"] == 2 and looping["unrouted"] == 1
+    log = next(h for h in trainer.state.log_history if "cm2/unrouted_calls" in h)
+    assert log["cm2/unrouted_calls"] == pytest.approx(3 / 4) and log["cm2/failed"] == 0
 
 
 def test_two_trl_grpo_steps_receive_exactly_the_env_s_rewards(tmp_path):
-    """Two real GRPOTrainer steps (TRL's generation, tool loop and loss) on a micro model after a short SFT."""
+    """Two real GRPOTrainer steps (TRL's generation and loss) on a micro model after a short SFT."""
     from dataclasses import replace
 
     from transformers import AutoModelForCausalLM, AutoTokenizer
-    from trl import GRPOConfig, GRPOTrainer
+    from trl import GRPOTrainer
 
     from cm2_env.integrations.trl import add_tool_call_parser
     from tests.support.tiny_models import MICRO, micro_model_dir
@@ -247,30 +391,16 @@ def test_two_trl_grpo_steps_receive_exactly_the_env_s_rewards(tmp_path):
                     progress=False).validate()
     run_sft(sft, dialogues=[d for d in load_dialogues("tooltalk") if d.id in ids])
     cm2 = CM2Environments("tooltalk", dialogue_ids=ids, max_actions_per_turn=3)
-    seen = []
-
-    async def recording(prompts, completions, environments, **kwargs):
-        rewards = await cm2_reward(prompts, completions, environments, **kwargs)
-        seen.append((rewards, [dict(e._info) for e in environments]))
-        return rewards
-
-    recording.__name__ = "cm2_reward"
+    received = _Received()
     tokenizer = add_tool_call_parser(AutoTokenizer.from_pretrained(tmp_path / "sft"))
-    args = GRPOConfig(output_dir=str(tmp_path / "trl"), use_cpu=True, bf16=False, per_device_train_batch_size=4,
-                      num_generations=4, max_completion_length=96, max_steps=2, learning_rate=1e-3, logging_steps=1,
-                      report_to="none", save_strategy="no", gradient_checkpointing=False,
-                      max_tool_calling_iterations=2, seed=0, beta=0.0)
-    trainer = GRPOTrainer(model=AutoModelForCausalLM.from_pretrained(tmp_path / "sft"), reward_funcs=recording,
-                          args=args, train_dataset=cm2.dataset(), environment_factory=cm2.environment_factory,
-                          processing_class=tokenizer)
+    trainer = _trainer(GRPOTrainer, AutoModelForCausalLM.from_pretrained(tmp_path / "sft"), tokenizer, cm2, received,
+                       tmp_path, max_steps=2, max_completion_length=96, max_tool_calling_iterations=2)
     trainer.train()
 
-    assert len(seen) == 2
+    assert len(received.infos) == len(received.steps) == 2
     logged = [h for h in trainer.state.log_history if "rewards/cm2_reward/mean" in h]
-    assert len(logged) == 2
-    for (rewards, infos), log in zip(seen, logged):
+    for infos, rewards, log in zip(received.infos, received.steps, logged):
         assert len(rewards) == 4 and all("end_reason" in info and not info["failed"] for info in infos)
         assert rewards == [info["R"] for info in infos]  # what TRL received is the env's R, rollout by rollout
         assert log["rewards/cm2_reward/mean"] == pytest.approx(sum(rewards) / 4, abs=1e-6)
-        assert log["cm2/failed"] == 0
         assert len({info["dialogue_id"] for info in infos}) == 1  # one group = one dialogue, TRL's 4 generations

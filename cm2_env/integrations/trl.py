@@ -20,7 +20,9 @@ Contract:
   transformers read to render the tools in the prompt. A call goes to a ``CM2ToolUseEnv`` episode.
 - :func:`cm2_reward` is the reward function. It sends each completion's final reply to its env as the turn's last
   action and returns the env's trajectory reward R (Eq. 4), or ``None`` for a failed episode (a simulator or
-  judge error: TRL warns and counts it as 0; ``cm2/failed`` counts them in TRL's logs).
+  judge error). TRL leaves a rollout that no reward function scored out of its group baseline and gives it
+  advantage 0 -- as our trainer leaves failed episodes out -- unless another reward function scores it.
+  TRL's log gets ``cm2/failed`` (the fraction of failed rollouts) and ``cm2/unrouted_calls`` (see below).
 
 How an episode maps onto TRL's loop, which has ONE user turn:
 
@@ -31,10 +33,17 @@ How an episode maps onto TRL's loop, which has ONE user turn:
   collects them and steps the env once with all of them (concurrent simulator calls, one judge request), as an
   episode under our own trainer would. TRL's tool interface passes the calls only, so the text written around
   them does not reach the env's transcript; the final reply does, in full.
-- the end: a final reply (no tool calls) is the turn's last action; when TRL stops its loop with calls still
-  open (``max_tool_calling_iterations``, ``max_completion_length``) or the reply is not a final one, the episode
-  is truncated with end reason ``trl_limit`` and R counts what was satisfied. Calls made after the env ended the
-  episode (its action limits, a failure) get an error message and do not reach the env.
+- the end: a message without tool calls is the turn's last action (also when ``max_completion_length`` cut it,
+  as in our own rollouts); when TRL stops its loop with calls still open (``max_tool_calling_iterations``, or no
+  room left for the tool results) or the env does not read the message as a final reply (malformed call text),
+  the episode is truncated with end reason ``trl_limit`` and R counts what was satisfied. Calls made after the
+  env ended the episode (its action limits, a failure) get an error message and do not reach the env.
+- TRL answers some calls itself, so they never reach the env: calls of a tool the prompt does not list and calls
+  whose arguments are not a JSON object. ``cm2/unrouted_calls`` counts, per rollout, the calls that never
+  reached the env: those, and the calls left open when TRL stopped its loop. TRL also converts
+  arguments to the types of the tool schema before calling (``"7"`` becomes ``7`` for an integer parameter),
+  where the env would have answered a schema error. Hence ``invalid_call_policy="terminate"`` is refused: the
+  env cannot end an episode at a call it never sees.
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import asyncio
 import hashlib
 import inspect
 import json
+import keyword
 import re
 from typing import Any, Callable, Literal, Sequence, Union
 
@@ -71,6 +81,8 @@ class CM2TRLEnvironment:
         self._dialogue_id: str | None = None
         self._info: dict[str, Any] | None = None
         self._pending: tuple[list[dict[str, Any]], asyncio.Future] | None = None
+        self._acting: set[asyncio.Task] = set()
+        self._routed = 0  # calls that reached the env, this rollout
 
     def reset(self, **row: Any) -> None:
         """Start a rollout on ``row["dialogue_id"]``. The prompt is already in the row, so nothing is appended to
@@ -83,6 +95,7 @@ class CM2TRLEnvironment:
         self._dialogue_id = str(dialogue_id)
         self._info = None
         self._pending = None
+        self._routed = 0
 
     # --- what the tool methods and cm2_reward call -------------------------------------------------------------
 
@@ -114,8 +127,20 @@ class CM2TRLEnvironment:
         calls, future = self._pending
         self._pending = None
         task = asyncio.ensure_future(self._act(calls))
-        task.add_done_callback(lambda done: future.set_result(done.result()) if not done.exception()
-                               else future.set_exception(done.exception()))
+        self._acting.add(task)
+
+        def settle(done: asyncio.Task) -> None:
+            self._acting.discard(done)
+            if future.done():  # a caller was cancelled, and with it the shared future
+                return
+            if done.cancelled():
+                future.cancel()
+            elif done.exception() is not None:
+                future.set_exception(done.exception())
+            else:
+                future.set_result(done.result())
+
+        task.add_done_callback(settle)
 
     async def _act(self, calls: list[dict[str, Any]]) -> list[str]:
         info = await self._start()
@@ -123,7 +148,8 @@ class CM2TRLEnvironment:
             reason = json.dumps({"error": f"the episode has ended ({info['end_reason']}); this call did not run"})
             return [reason] * len(calls)
         before = len(info["messages"])
-        *_, self._info = await self._env.astep(render_hermes(calls))
+        self._routed += len(calls)
+        *_, self._info = await self._env.astep("\n".join(_call_text(call) for call in calls))
         answers = [m.get("content") or "" for m in self._info["messages"][before:] if m.get("role") == "tool"]
         if len(answers) != len(calls):  # the env answered the action as a whole (e.g. a parse error)
             answers = ["\n".join(answers)] * len(calls)
@@ -142,6 +168,24 @@ class CM2TRLEnvironment:
         return info
 
 
+def _call_text(call: dict[str, Any]) -> str:
+    """One call's Hermes text. Arguments that no JSON can hold (NaN, infinities) are written as Python's json
+    writes them, which the env's parser reads as bad arguments, so the message's other calls still run."""
+    try:
+        return render_hermes([call])
+    except ValueError:
+        body = json.dumps({"name": call["name"], "arguments": call["arguments"]}, default=repr)
+        return f"<tool_call>\n{body}\n</tool_call>"
+
+
+def _unrouted(completion: Sequence[dict[str, Any]], routed: int) -> int:
+    """Calls of the completion that never reached the env: TRL answered them itself (unknown tool, arguments
+    that are no object) or left them open when it stopped."""
+    made = sum(len(m.get("tool_calls") or []) for m in completion
+               if isinstance(m, dict) and m.get("role") == "assistant")
+    return max(made - routed, 0)
+
+
 def _reply_text(message: dict[str, Any]) -> str:
     """The action text of a parsed final reply: its content, with the reasoning that TRL's parser split off (if
     any) put back as a ``<think>`` block."""
@@ -154,17 +198,20 @@ def _reply_text(message: dict[str, Any]) -> str:
     return content
 
 
-async def cm2_reward(prompts: list[Any], completions: list[Any], environments: Sequence[CM2TRLEnvironment],
-                     **kwargs: Any) -> list[float | None]:
+async def cm2_reward(prompts: list[Any], completions: list[Any],
+                     environments: Sequence[CM2TRLEnvironment] | None = None, **kwargs: Any) -> list[float | None]:
     """TRL reward function: each rollout's final reply goes to its env, whose trajectory reward R is returned
     (``None`` for a failed episode). The episodes finish concurrently (one judge request each at most)."""
-    if len(environments) != len(completions):
-        raise ValueError(f"cm2_reward got {len(completions)} completions but {len(environments)} environments. "
-                         "Fix: pass environment_factory=CM2Environments(...).environment_factory to GRPOTrainer")
+    if environments is None or len(environments) != len(completions) or not all(
+            isinstance(env, CM2TRLEnvironment) for env in environments):
+        raise ValueError("cm2_reward needs the CM2 environment of each completion: pass "
+                         "environment_factory=CM2Environments(...).environment_factory to GRPOTrainer")
     infos = await asyncio.gather(*(env._finish(completion) for env, completion in zip(environments, completions)))
     log_metric = kwargs.get("log_metric")
-    if log_metric is not None:
-        log_metric("cm2/failed", float(sum(bool(info.get("failed")) for info in infos)))
+    if log_metric is not None and infos:
+        log_metric("cm2/failed", sum(bool(info.get("failed")) for info in infos) / len(infos))
+        log_metric("cm2/unrouted_calls", sum(_unrouted(c, env._routed) for c, env in zip(completions, environments))
+                   / len(infos))
     return [None if info.get("failed") else float(info["R"]) for info in infos]
 
 
@@ -190,6 +237,10 @@ class CM2Environments:
                  **env_options: Any):
         if "max_turns" in env_options:
             raise ValueError("max_turns is fixed at 1 under TRL (its tool loop has one user turn); drop the option")
+        if env_options.get("invalid_call_policy") == "terminate":
+            raise ValueError("invalid_call_policy='terminate' cannot hold under TRL: TRL answers calls of unknown "
+                             "tools and malformed arguments itself, so the env never sees them. Fix: use "
+                             "'respond' (the default)")
         dialogues = load_dialogues(dataset)
         if dialogue_ids is not None:
             by_id = {d.id: d for d in dialogues}
@@ -242,7 +293,8 @@ class CM2Environments:
         return Dataset.from_list(self.rows())
 
     async def aclose(self) -> None:
-        """Close the backends built from spec strings (their LLM clients), on the loop that used them."""
+        """Close the backends built from spec strings (their LLM clients). Run it on the loop that used them,
+        TRL's: ``asyncio.run_coroutine_threadsafe(cm2.aclose(), trainer.async_loop).result()``."""
         await self._backends.aclose()
 
 
@@ -259,10 +311,13 @@ def environment_class(name: str, tools: list[dict[str, Any]], *, source: str = "
         function = tool.get("function") or {}
         tool_name = function.get("name")
         where = f"{source}: tool {tool_name!r}" if source else f"tool {tool_name!r}"
-        if not isinstance(tool_name, str) or not tool_name.isidentifier() or tool_name.startswith("_") \
+        if not isinstance(tool_name, str) or not _identifier(tool_name) or tool_name.startswith("_") \
                 or tool_name in _RESERVED:
             raise ValueError(f"{where}: TRL exposes tools as Python methods, so a name must be an identifier that "
-                             f"does not start with '_' and is not one of {_RESERVED}. Fix: rename the tool")
+                             f"is no Python keyword, does not start with '_' and is not one of {_RESERVED}. Fix: "
+                             "rename the tool")
+        if tool_name in methods:
+            raise ValueError(f"{where} is defined twice in one tool set. Fix: keep one definition")
         methods[tool_name] = _tool_method(tool_name, function, where)
     return type(name, (CM2TRLEnvironment,), {**methods, "__module__": __name__})
 
@@ -277,9 +332,9 @@ def _tool_method(tool_name: str, function: dict[str, Any], where: str) -> Callab
     if properties:
         lines += ["", "Args:"]
     for param, schema in properties.items():
-        if not param.isidentifier() or param == "self":
-            raise ValueError(f"{where}: parameter {param!r} is not a Python identifier, which TRL's tool methods "
-                             "need. Fix: rename the parameter")
+        if not _identifier(param) or param == "self":
+            raise ValueError(f"{where}: parameter {param!r} is not a Python identifier (or is a keyword or "
+                             "'self'), which TRL's tool methods need. Fix: rename the parameter")
         annotations[param] = _annotation(schema if isinstance(schema, dict) else {}, f"{where}, parameter {param!r}")
         default = inspect.Parameter.empty if param in required else None
         signature.append(inspect.Parameter(param, inspect.Parameter.KEYWORD_ONLY, default=default,
@@ -295,6 +350,10 @@ def _tool_method(tool_name: str, function: dict[str, Any], where: str) -> Callab
     tool.__signature__ = inspect.Signature(signature)  # type: ignore[attr-defined]
     tool.__annotations__ = annotations
     return tool
+
+
+def _identifier(name: str) -> bool:
+    return name.isidentifier() and not keyword.iskeyword(name)
 
 
 def _one_line(text: str) -> str:
@@ -317,6 +376,8 @@ def _annotation(schema: dict[str, Any], where: str) -> Any:
         return list[_annotation(items, where)] if isinstance(items, dict) and items.get("type") else list
     if isinstance(kind, str) and kind in _JSON_TYPES:
         return _JSON_TYPES[kind]
+    if kind is None:  # no type: any JSON value (transformers writes an empty schema)
+        return Any
     raise ValueError(f"{where}: JSON schema type {kind!r} has no Python type hint for TRL's tool schema. Fix: "
                      f"give the parameter one of the types {sorted(_JSON_TYPES)}")
 
