@@ -6,6 +6,9 @@ of stdout is one JSON object (``multi_turn_overall`` etc. in percent, 0-100). Pr
 
 ``cm2 bench tau2 --policy oracle --user scripted --limit 5 --out runs/tau2-oracle`` runs τ²-bench
 (``benchmarks.tau2``) the same way; its JSON line holds ``overall_pass1`` and the per-domain pass^k.
+
+``cm2 bench toolsandbox --policy hf:PATH --python /path/to/toolsandbox-venv/bin/python --out runs/ts`` runs
+ToolSandbox (``benchmarks.toolsandbox``) in its own environment; its JSON line holds ``overall_similarity``.
 """
 
 from __future__ import annotations
@@ -114,6 +117,53 @@ def tau2(policy: str, user: str, domains: str, trials: int, limit: int | None, t
                                    "again to retry them: the run resumes")
 
 
+@bench.command("toolsandbox")
+@click.option("--policy", required=True,
+              help="noop (ToolSandbox's unhelpful agent) | an endpoint spec (openai:http://127.0.0.1:8000/v1#model) "
+                   "| hf:PATH | module:attribute naming an agent (agents/base.py); cm2 agents are served by cm2 serve.")
+@click.option("--user", default="scripted", show_default=True,
+              help="'scripted' (ends the conversation at the agent's first answer; multi-user-turn scenarios are "
+                   "skipped) or an endpoint spec for ToolSandbox's LLM user simulator (the paper: GPT-4o).")
+@click.option("--python", "python", default=None, envvar="CM2_TOOLSANDBOX_PYTHON",
+              help="Interpreter of the environment where ToolSandbox is installed [env: CM2_TOOLSANDBOX_PYTHON].")
+@click.option("--categories", default=None, help="Comma-separated columns (STC, MUT, 3-DT, ...) or ToolSandbox "
+                                                 "category names: keep scenarios in any of them.")
+@click.option("--scenarios", default=None, help="Comma-separated ToolSandbox scenario names.")
+@click.option("--limit", type=click.IntRange(min=1), default=None, help="Only the first N selected scenarios.")
+@click.option("--concurrency", type=click.IntRange(min=1), default=4, show_default=True,
+              help="Scenarios played in parallel (one process each: ToolSandbox keeps global state).")
+@click.option("--skip-rapidapi/--no-skip-rapidapi", default=None,
+              help="Skip scenarios that need RapidAPI's live tools [default: skip unless RAPID_API_KEY is set]. "
+                   "Skipped scenarios are listed, never scored 0.")
+@click.option("--temperature", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Sampling temperature of hf: policies.")
+@click.option("--out", "out", type=click.Path(file_okay=False, path_type=Path), required=True,
+              help="Run directory (results.jsonl, ToolSandbox's trajectories, the report). Re-running resumes.")
+@click.option("--json", "as_json", is_flag=True, help="End stdout with one JSON line of scores.")
+def toolsandbox(policy: str, user: str, python: str | None, categories: str | None, scenarios: str | None,
+                limit: int | None, concurrency: int, skip_rapidapi: bool | None, temperature: float, out: Path,
+                as_json: bool) -> None:
+    """Run POLICY on ToolSandbox through its own scenario loop and milestone evaluation."""
+    from rich.console import Console
+
+    from benchmarks.toolsandbox import ToolSandboxError, ToolSandboxOptions, run_toolsandbox
+
+    split = lambda text: [item.strip() for item in text.split(",") if item.strip()] if text else None  # noqa: E731
+    stderr = Console(stderr=True)
+    try:
+        options = ToolSandboxOptions(policy=policy, user=user, python=python or "", out=out,
+                                     categories=split(categories), scenarios=split(scenarios), limit=limit,
+                                     concurrency=concurrency, skip_rapidapi=skip_rapidapi, temperature=temperature)
+        with _ToolSandboxProgress(stderr) as progress:
+            report = run_toolsandbox(options, on_event=progress.update)
+    except (ToolSandboxError, SpecError) as exc:
+        raise click.ClickException(str(exc)) from None
+    _print_report(report, out / "toolsandbox_results", as_json)
+    if not report.complete:
+        raise click.ClickException("; ".join(report.notes) + ". Run the same command again to retry them: the run "
+                                   "resumes")
+
+
 def _print_report(report: Any, stem: Path, as_json: bool) -> None:
     """The report's Markdown table on stdout, or on stderr with one JSON line on stdout (``--json``)."""
     if as_json:
@@ -163,6 +213,20 @@ class _Tau2Progress(_PhaseProgress):
             if event.get("error"):
                 self._phases.note(f"{domain} task {event['task_id']} trial {event['trial']}: "
                                   f"{shorten(str(event['error']), 200)}")
+
+
+class _ToolSandboxProgress(_PhaseProgress):
+    """One progress phase for the run; scenarios that raised become notes."""
+
+    def update(self, event: dict[str, Any]) -> None:
+        if event.get("event") == "start":
+            self._start("scenarios", event["total"], event["todo"])
+            if event.get("skipped"):
+                self._phases.note(f"{event['skipped']} scenarios skipped (listed in the report)")
+        elif event.get("event") == "scenario":
+            self._advance("scenarios")
+            if event.get("exception_type"):
+                self._phases.note(f"{event['name']}: {event['exception_type']} (scored 0, as ToolSandbox does)")
 
 
 class _BfclProgress(_PhaseProgress):

@@ -33,7 +33,7 @@ HELP: dict[str, str] = {
     "serve": "Serve a policy as an OpenAI-compatible chat endpoint.",
     "sft": "Cold-start supervised fine-tuning on dialogues.",
     "train": "GRPO with checklist rewards (e.g. --preset tiny-cpu).",
-    "bench": "Run a policy on external benchmarks (BFCL v4, ...).",
+    "bench": "Run a policy on external benchmarks (BFCL v4, tau2-bench, ToolSandbox).",
 }
 
 
