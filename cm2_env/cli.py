@@ -23,6 +23,7 @@ COMMANDS: dict[str, str] = {
     "sft": "train.cli:sft",
     "train": "train.cli:train",
     "bench": "benchmarks.cli:bench",
+    "view": "cm2_env.view.cli:view",
 }
 
 HELP: dict[str, str] = {
@@ -34,6 +35,7 @@ HELP: dict[str, str] = {
     "sft": "Cold-start supervised fine-tuning on dialogues.",
     "train": "GRPO with checklist rewards (e.g. --preset tiny-cpu).",
     "bench": "Run a policy on external benchmarks (BFCL v4, tau2-bench, ToolSandbox).",
+    "view": "An HTML report of a run: transcripts beside their checklist verdicts, curves.",
 }
 
 

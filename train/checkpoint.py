@@ -213,5 +213,5 @@ def clear_run(output_dir: str | Path) -> None:
     out = Path(output_dir)
     for name in ("checkpoints", "final", "tensorboard"):
         shutil.rmtree(out / name, ignore_errors=True)
-    for name in ("metrics.jsonl",):
+    for name in ("metrics.jsonl", "rollouts.jsonl"):
         (out / name).unlink(missing_ok=True)

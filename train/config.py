@@ -241,6 +241,7 @@ class GRPOConfig(RunConfig):
 
     # --- bookkeeping ---------------------------------------------------------------------------------------
     checkpoint_interval: int = 50  # GRPO steps between checkpoints (0 = only at the end)
+    rollout_log_interval: int = 10  # write every Nth step's episodes to rollouts.jsonl for cm2 view (0 = never)
     keep_checkpoints: int = 2
     resume: str = ""  # "" = start fresh; "auto" = latest checkpoint in output_dir; or a checkpoint folder
     tensorboard: bool = False
@@ -288,7 +289,8 @@ class GRPOConfig(RunConfig):
                      "max_batch_size", "eval_samples", "keep_checkpoints", "lora_r"):
             if getattr(self, name) < 1:
                 fail(name, f"must be at least 1, got {getattr(self, name)}", "use a positive integer")
-        for name in ("rollout_concurrency", "eval_dialogues", "eval_max_turns", "checkpoint_interval", "max_dialogues"):
+        for name in ("rollout_concurrency", "eval_dialogues", "eval_max_turns", "checkpoint_interval", "max_dialogues",
+                     "rollout_log_interval"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0, got {getattr(self, name)}", "use 0 (default) or a positive integer")
         if not 0 < self.learning_rate < 1:

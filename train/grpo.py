@@ -533,7 +533,7 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
     from train.checkpoint import (TrainerState, clear_run, load_checkpoint, previous_run, resolve_resume,
                                   save_checkpoint)
     from train.config import ConfigError
-    from train.metrics import MetricsLogger
+    from train.metrics import MetricsLogger, RolloutLog
 
     started = time.perf_counter()
     config.validate()
@@ -568,6 +568,8 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
     state = load_checkpoint(resume_from, policy, optimizer, scheduler) if resume_from else TrainerState()
     logger = (MetricsLogger(out, tensorboard=config.tensorboard, resume_step=state.step if resume_from else None)
               if dist.main else None)
+    rollout_log = (RolloutLog(out, resume_step=state.step if resume_from else None)
+                   if dist.main and config.rollout_log_interval else None)
     end = config.steps if max_steps is None else min(config.steps, state.step + max_steps)
     records, failed_total = [], int(state.extras.get("failed_episodes", 0))
     make_agent = make_agent or rollout_factory(config)
@@ -620,6 +622,8 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
         state.step, state.data_position = step + 1, state.data_position + config.prompts_per_step
         state.extras["failed_episodes"] = failed_total
         records.append(logger.log(step + 1, record) if logger is not None else record)
+        if rollout_log is not None and state.step % config.rollout_log_interval == 0:
+            rollout_log.write(state.step, episodes)
         if (config.checkpoint_interval and state.step % config.checkpoint_interval == 0
                 or state.step == config.steps) and (dist.main or fsdp is not None):
             save_checkpoint(out, state, policy, optimizer, scheduler, config.to_dict(), keep=config.keep_checkpoints,

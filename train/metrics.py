@@ -62,6 +62,33 @@ class MetricsLogger:
             self._writer = None
 
 
+class RolloutLog:
+    """``rollouts.jsonl``: a step's episodes, one JSON line each (the trajectory record of ``cm2 rollout`` plus
+    ``step``), for reading transcripts next to their verdicts (``cm2 view``). On resume, lines of steps after
+    ``resume_step`` are dropped (the resumed run writes them again); a fresh run starts an empty file."""
+
+    def __init__(self, out_dir: str | Path, resume_step: int | None = None):
+        self.path = Path(out_dir) / "rollouts.jsonl"
+        if resume_step is not None and self.path.exists():
+            kept = [line for line in self.path.read_text(encoding="utf-8").splitlines()
+                    if line.strip() and _step_of(line) <= resume_step]
+            self.path.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
+        elif resume_step is None:
+            self.path.unlink(missing_ok=True)
+
+    def write(self, step: int, episodes: Iterable[Any]) -> None:
+        with self.path.open("a", encoding="utf-8") as f:
+            for episode in episodes:
+                f.write(json.dumps({"step": step, **episode.to_json()}, default=_json_default) + "\n")
+
+
+def _step_of(line: str) -> int:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, AttributeError, TypeError):
+        return 1 << 62  # a broken line: dropped with the steps after the resume point
+
+
 def _json_default(value: Any) -> Any:
     if hasattr(value, "item"):
         return value.item()
