@@ -21,8 +21,12 @@ Contract:
 - Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``): 400 for a bad request or a
   prompt longer than the policy's context (the message says "maximum context length", which OpenAI clients and
   cm2's endpoint agent recognise), 401 without the API key when one is set, 404 for another model, 500 when the
-  policy fails. One log line per request: route, status, model, message and tool counts, calls returned,
-  seconds -- never headers, keys or message text.
+  policy raises (``code: "policy_error"``: a bug or a bad request for that policy, not an outage; only the
+  exception's type is said), 413 for a body over :data:`MAX_BODY_BYTES`. One log line per request: route, status,
+  message and tool counts, calls returned, seconds -- never headers, keys, message text or exception messages
+  (which may quote the request).
+- ``tool_choice``: ``"auto"`` (default) or ``"none"`` (the policy gets no tools and answers in text); forcing a
+  call (``"required"``, a named function) is refused with 400, because a cm2 policy cannot be forced.
 - The server listens on loopback unless told otherwise, and stops cleanly on SIGINT/SIGTERM (uvicorn's handlers),
   closing the policy's clients.
 """
@@ -31,6 +35,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import hmac
+import json
 import logging
 import threading
 import time
@@ -43,6 +49,7 @@ from cm2_env.toolcalls import parse, render_openai
 
 log = logging.getLogger("cm2.serve")
 _ROLES = ("system", "developer", "user", "assistant", "tool")
+MAX_BODY_BYTES = 32 * 1024 * 1024
 
 
 class RequestError(Exception):
@@ -59,9 +66,9 @@ class RequestError(Exception):
 
 @dataclass
 class ChatServer:
-    """What the app serves: ``agent`` under ``model_name``; ``dialogues`` let a policy that plays bundled
-    dialogues (``replay``) be found the dialogue by its first user message; ``api_key`` (if set) is required
-    as ``Authorization: Bearer KEY``."""
+    """What the app serves: ``agent`` under ``model_name``. ``dialogues``: for a policy that plays bundled
+    dialogues (``replay``), a request's dialogue is the one whose first user message it repeats. ``api_key``
+    (if set) is required as ``Authorization: Bearer KEY``."""
 
     agent: Agent
     model_name: str = "cm2-policy"
@@ -83,20 +90,22 @@ class ChatServer:
         request = self._check(body)
         messages = [_agent_message(m, i) for i, m in enumerate(request["messages"])]
         _name_tool_messages(messages)
-        tools = request.get("tools") or []
+        native = bool(request.get("tools")) and request.get("tool_choice") != "none"
+        tools = (request.get("tools") or []) if native else []
         context = self._context(messages, request)
         try:
             step = await self.agent.act(messages, tools, context)
         except ContextLimitExceeded as exc:
             raise RequestError(400, f"This model's maximum context length is exceeded: {exc}",
                                param="messages", code="context_length_exceeded") from exc
-        native = bool(tools) and request.get("tool_choice") != "none"
         self.requests += 1
         return self._response(step, native)
 
     def _check(self, body: Any) -> dict[str, Any]:
         if not isinstance(body, dict):
             raise RequestError(400, "the request body must be a JSON object")
+        if "model" not in body:
+            raise RequestError(400, "model is required", param="model")
         model = body.get("model")
         if model != self.model_name:
             raise RequestError(404, f"The model {model!r} does not exist; this server serves {self.model_name!r}",
@@ -118,6 +127,10 @@ class ChatServer:
                 and isinstance(t["function"].get("name"), str) for t in tools)):
             raise RequestError(400, "tools must be a list of {'type': 'function', 'function': {'name', "
                                     "'parameters', ...}}", param="tools")
+        choice = body.get("tool_choice")
+        if choice not in (None, "auto", "none"):
+            raise RequestError(400, "tool_choice must be 'auto' or 'none': a cm2 policy cannot be forced to call",
+                               param="tool_choice")
         metadata = body.get("metadata")
         if metadata is not None and not isinstance(metadata, dict):
             raise RequestError(400, "metadata must be an object of strings", param="metadata")
@@ -187,7 +200,11 @@ def _agent_message(message: dict[str, Any], index: int) -> dict[str, Any]:
     out: dict[str, Any] = {"role": "system" if message["role"] == "developer" else message["role"]}
     content = message.get("content")
     if isinstance(content, list):  # content parts: the text ones
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict) and p.get("type") == "text")
+        texts = [p.get("text") for p in content if isinstance(p, dict) and p.get("type") == "text"]
+        if not all(isinstance(text, str) for text in texts):
+            raise RequestError(400, f"messages[{index}].content: a text part's text must be a string",
+                               param=f"messages[{index}].content")
+        content = "".join(texts)
     elif content is not None and not isinstance(content, str):
         raise RequestError(400, f"messages[{index}].content must be a string or a list of content parts",
                            param=f"messages[{index}].content")
@@ -207,8 +224,6 @@ def _agent_message(message: dict[str, Any], index: int) -> dict[str, Any]:
 
 
 def _agent_call(call: dict[str, Any]) -> dict[str, Any]:
-    import json
-
     function = call["function"]
     arguments = function.get("arguments")
     if not isinstance(arguments, str):
@@ -238,7 +253,8 @@ def build_app(server: ChatServer) -> Any:
     def authorised(request: Request) -> bool:
         if not server.api_key:
             return True
-        return request.headers.get("authorization", "") == f"Bearer {server.api_key}"
+        given = request.headers.get("authorization", "").encode("utf-8", "replace")
+        return hmac.compare_digest(given, f"Bearer {server.api_key}".encode("utf-8"))
 
     async def completions(request: Request) -> JSONResponse:
         started = time.perf_counter()
@@ -247,12 +263,19 @@ def build_app(server: ChatServer) -> Any:
             if not authorised(request):
                 raise RequestError(401, "missing or wrong API key (Authorization: Bearer KEY)",
                                    kind="authentication_error", code="invalid_api_key")
+            declared = request.headers.get("content-length", "")
+            if declared.isdigit() and int(declared) > MAX_BODY_BYTES:
+                raise RequestError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
+            raw = await request.body()
+            if len(raw) > MAX_BODY_BYTES:
+                raise RequestError(413, f"the request body is larger than {MAX_BODY_BYTES} bytes")
             try:
-                body = await request.json()
-            except ValueError as exc:
-                raise RequestError(400, f"the request body is not JSON ({exc})") from None
+                body = json.loads(raw)
+            except (ValueError, RecursionError) as exc:
+                raise RequestError(400, f"the request body is not JSON ({type(exc).__name__})") from None
             if isinstance(body, dict):
-                counts = f"messages={len(body.get('messages') or [])} tools={len(body.get('tools') or [])}"
+                counts = " ".join(f"{key}={len(body[key]) if isinstance(body.get(key), list) else '?'}"
+                                  for key in ("messages", "tools"))
             answer = await server.complete(body)
             calls = len(answer["choices"][0]["message"].get("tool_calls") or [])
             return JSONResponse(answer)
@@ -260,9 +283,12 @@ def build_app(server: ChatServer) -> Any:
             status = error.status
             return refuse(error)
         except Exception as exc:  # noqa: BLE001 - a policy failure is the client's 500, never the server's end
+            # Only the type: an exception's message may quote the request (text, keys). The traceback is at
+            # debug level, for whoever runs the server with logging turned up.
             status = 500
-            log.exception("the policy failed on a request")
-            return refuse(RequestError(500, f"the policy failed: {type(exc).__name__}: {exc}", kind="server_error"))
+            log.debug("the policy raised on a request", exc_info=True)
+            return refuse(RequestError(500, f"the policy raised {type(exc).__name__}", kind="server_error",
+                                       code="policy_error"))
         finally:
             log.info("POST /v1/chat/completions %d %s calls=%d %.3fs", status, counts, calls,
                      time.perf_counter() - started)
@@ -340,8 +366,10 @@ def serve_in_thread(server: ChatServer, host: str = "127.0.0.1", port: int = 0,
     deadline = time.monotonic() + start_timeout_s
     while not http.started:
         if failure or not thread.is_alive():
-            raise RuntimeError(f"cm2 serve did not start: {failure[0] if failure else 'the server thread ended'}")
+            why = f"{type(failure[0]).__name__}: {failure[0]}" if failure else "the server thread ended"
+            raise RuntimeError(f"cm2 serve did not start on {host}:{port} ({why}; a port in use ends it so)")
         if time.monotonic() > deadline:
+            http.should_exit = True
             raise RuntimeError(f"cm2 serve did not start within {start_timeout_s} s")
         time.sleep(0.01)
     try:

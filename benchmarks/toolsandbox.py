@@ -107,9 +107,12 @@ class ToolSandboxOptions:
         return not os.environ.get("RAPID_API_KEY") if self.skip_rapidapi is None else self.skip_rapidapi
 
     def manifest(self, git_sha: str | None) -> dict[str, Any]:
+        from cm2_env.specs import parse
+
+        sampled_here = parse(self.policy, "bench").kind == "hf"  # other policies sample as they are configured
         return {"benchmark": BENCHMARK, "toolsandbox_commit": git_sha, "policy": self.policy, "user": self.user,
                 "categories": self.categories, "scenarios": self.scenarios, "limit": self.limit,
-                "skip_rapidapi": self.skipping_rapidapi, "temperature": self.temperature}
+                "skip_rapidapi": self.skipping_rapidapi, "temperature": self.temperature if sampled_here else None}
 
 
 def category_name(name: str) -> str:
@@ -250,17 +253,13 @@ def _last_json_line(text: str) -> dict[str, Any] | None:
 
 
 def load_results(path: Path) -> dict[str, dict[str, Any]]:
-    """Finished scenarios of ``results.jsonl`` by name (a line cut off by a kill is ignored: it is re-run)."""
-    results: dict[str, dict[str, Any]] = {}
-    if path.exists():
-        for line in path.read_text(encoding="utf-8").splitlines():
-            try:
-                row = json.loads(line)
-            except ValueError:
-                continue
-            if isinstance(row, dict) and "name" in row and "similarity" in row:
-                results[row["name"]] = row
-    return results
+    """Finished scenarios of ``results.jsonl`` by name. A line cut off by a kill is dropped and the file
+    repaired (:func:`cm2_env.records.resume_jsonl`), so the scenario is played again and later lines start on
+    their own line."""
+    from cm2_env.records import resume_jsonl
+
+    rows = resume_jsonl(path, lambda row: row if "name" in row and "similarity" in row else None)
+    return {row["name"]: row for row in rows}
 
 
 @contextlib.contextmanager
@@ -343,18 +342,23 @@ def _run_job(python: str, job: dict[str, Any], out: Path) -> Iterator[dict[str, 
     with tempfile.NamedTemporaryFile("w", suffix=".json", dir=out, delete=False) as handle:
         json.dump(job, handle)
         job_path = Path(handle.name)
+    process = None
     try:
         with (out / "toolsandbox.log").open("a", encoding="utf-8") as log:
             process = subprocess.Popen([python, str(RUNNER), "run", str(job_path)], stdout=subprocess.PIPE,
-                                       stderr=log, text=True, env=os.environ.copy())
+                                       stderr=log, text=True, errors="replace", env=os.environ.copy())
             assert process.stdout is not None
             for line in process.stdout:
                 row = _last_json_line(line)
                 if row is not None and "name" in row and "similarity" in row:
                     yield row
             code = process.wait()
+            process = None
         if code != 0:
             raise ToolSandboxError(f"the ToolSandbox runner exited with status {code}; see {out / 'toolsandbox.log'}"
                                    " (finished scenarios are kept: run again to resume)")
     finally:
+        if process is not None:  # the caller stopped early (Ctrl-C, a full disk): stop the runner with it
+            process.kill()
+            process.wait()
         job_path.unlink(missing_ok=True)

@@ -19,8 +19,9 @@ on stderr:
   and ``output_dir`` (ToolSandbox's trajectory files).
 
 As ToolSandbox's CLI does, ``random`` is seeded with 42 before the scenarios are built (the build shuffles tool
-lists). Scenarios share global state inside ToolSandbox, so each runs in its own worker process (spawned, as the
-CLI's pool), ``processes`` at a time; every worker builds the scenarios once.
+lists). Scenarios share global state inside ToolSandbox, so parallel scenarios run in separate worker processes
+(spawned, as the CLI's pool), ``processes`` of them, each playing one scenario at a time; every worker builds
+the scenarios once.
 """
 
 from __future__ import annotations
@@ -42,11 +43,17 @@ VARIANT_SUFFIXES = ("_3_distraction_tools_tool_description_scrambled", "_3_distr
                     "_3_distraction_tools", "_10_distraction_tools", "_all_tools")
 _IDENTIFIER = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 _SCENARIOS: dict[str, Any] = {}
-_PROTOCOL = sys.stdout  # JSON lines only: anything else that prints goes to stderr (see _quiet)
+_PROTOCOL: Any = None  # the protocol's stream: the original stdout, opened on a private descriptor (see _quiet)
 
 
 def _quiet() -> None:
-    """Send stray prints (ToolSandbox's, its libraries') to stderr, keeping stdout for the protocol."""
+    """Keep the original stdout for the protocol alone: its descriptor is duplicated for :func:`_emit`, and
+    descriptor 1 (what Python, C libraries and child processes print to) now goes to stderr."""
+    global _PROTOCOL
+    if _PROTOCOL is None:
+        _PROTOCOL = os.fdopen(os.dup(1), "w", encoding="utf-8")
+        sys.stdout.flush()
+        os.dup2(2, 1)
     sys.stdout = sys.stderr
 
 
@@ -220,12 +227,16 @@ def play(name: str, job: dict[str, Any]) -> dict[str, Any]:
 
 def _unreachable(exc: BaseException) -> bool:
     """Whether an endpoint could not be reached or failed on its side (connection, timeout, rate limit, 5xx):
-    an outage, not the policy's doing. The adapter records no result for it, so a resumed run plays it again."""
+    an outage, not the policy's doing. The adapter records no result for it, so a resumed run plays it again.
+    A 500 that ``cm2 serve`` marks ``policy_error`` is the policy raising: a result (similarity 0), as any
+    exception of the agent is in ToolSandbox."""
     import openai
 
     seen: set[int] = set()
     while exc is not None and id(exc) not in seen:  # tenacity wraps the last error in a RetryError
         seen.add(id(exc))
+        if isinstance(exc, openai.InternalServerError) and "policy_error" in str(getattr(exc, "body", "") or ""):
+            return False
         if isinstance(exc, (openai.APIConnectionError, openai.RateLimitError, openai.InternalServerError)):
             return True
         last = getattr(exc, "last_attempt", None)
@@ -239,6 +250,10 @@ def _play_in_worker(args: tuple[str, dict[str, Any]]) -> dict[str, Any]:
 
 
 def run(job_path: str) -> None:
+    """Play the job's scenarios: in this process when ``processes`` is 1, else in a pool of spawned worker
+    processes (each builds the scenarios once and plays one scenario after another). A worker that dies (killed,
+    out of memory) breaks the pool: the runner then stops with an error instead of waiting for it, and the
+    adapter keeps what finished."""
     job = json.loads(Path(job_path).read_text())
     names = list(job["names"])
     processes = max(1, int(job.get("processes", 1)))
@@ -247,10 +262,12 @@ def run(job_path: str) -> None:
             _emit(play(name, job))
         return
     import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
 
-    with multiprocessing.get_context("spawn").Pool(min(processes, len(names)), initializer=_quiet) as pool:
-        for row in pool.imap_unordered(_play_in_worker, [(name, job) for name in names]):
-            _emit(row)
+    with ProcessPoolExecutor(min(processes, len(names)), mp_context=multiprocessing.get_context("spawn"),
+                             initializer=_quiet) as pool:
+        for future in as_completed([pool.submit(_play_in_worker, (name, job)) for name in names]):
+            _emit(future.result())
 
 
 def _emit(row: dict[str, Any]) -> None:

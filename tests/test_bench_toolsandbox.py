@@ -50,7 +50,8 @@ def test_selection_filters_by_paper_column_or_category_name_then_limits(tmp_path
     assert scrambled and all({"TOOL_NAME_SCRAMBLED", "ARG_TYPE_SCRAMBLED"} & set(r["categories"])
                              for r in rows if r["name"] in scrambled)
     named, _ = select(rows, _options(tmp_path, scenarios=["wifi_off", "get_wifi"], limit=1))
-    assert named == ["wifi_off"] or named == ["get_wifi"]
+    order = [r["name"] for r in rows]
+    assert named == [min(("wifi_off", "get_wifi"), key=order.index)]  # the listing's order, not the option's
     with pytest.raises(SpecError, match="unknown ToolSandbox category 'XYZ'"):
         select(rows, _options(tmp_path, categories=["XYZ"]))
     with pytest.raises(ToolSandboxError, match="unknown scenario"):
@@ -114,7 +115,9 @@ def test_a_run_resumes_after_the_runner_dies_and_reports_what_was_recorded(tmp_p
     options = _options(tmp_path, python=_fake_toolsandbox_python(tmp_path, stop_after=5))
     with pytest.raises(ToolSandboxError, match="exited with status 3.*resume"):
         run_toolsandbox(options)
-    assert len(load_results(tmp_path / "run" / "results.jsonl")) == 5  # the cut line is not a result
+    assert len(load_results(tmp_path / "run" / "results.jsonl")) == 5  # the cut line is not a result...
+    text = (tmp_path / "run" / "results.jsonl").read_text()
+    assert text.endswith("\n") and len(text.splitlines()) == 5  # ...and is gone, so the next line starts clean
     options.python = _fake_toolsandbox_python(tmp_path)
     report = run_toolsandbox(options)
     jobs = [json.loads(line) for line in (tmp_path / "jobs.jsonl").read_text().splitlines()]
@@ -205,4 +208,17 @@ def test_a_dead_policy_endpoint_scores_nothing_rather_than_zero(tmp_path):
                                                 python=REAL, out=tmp_path / "dead", scenarios=["wifi_off"]))
     assert report.scenarios == 0 and not report.complete and "unreachable" in report.notes[-1]
     assert load_results(tmp_path / "dead" / "results.jsonl") == {}
+
+
+class RaisingAgent:
+    async def act(self, messages, tools, context=None):
+        raise ValueError("a policy bug")
+
+
+@needs_toolsandbox
+def test_a_policy_that_raises_is_scored_0_as_toolsandbox_does_not_taken_for_an_outage(tmp_path):
+    report = run_toolsandbox(ToolSandboxOptions(policy="tests.test_bench_toolsandbox:RaisingAgent", user="scripted",
+                                                python=REAL, out=tmp_path / "raising", scenarios=["wifi_off"]))
+    assert report.complete and report.scenarios == 1 and report.scores["overall_similarity"] == 0.0
+    assert "InternalServerError" in report.errors["wifi_off"]
 

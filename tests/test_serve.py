@@ -95,13 +95,12 @@ def test_concurrent_requests_are_batched_by_the_agent(tmp_path):
     from tests.support.tiny_models import micro_model_dir
 
     class HeldAgent(TransformersAgent):
-        release = threading.Event()
-
         def _run_generate(self, prompts, seeds):
             if not self.batches:  # the first batch waits (at most 120 s) until the rest are queued
                 for _ in range(12000):
-                    if len(self._queue) >= 8 - len(prompts) or self.release.wait(0.01):
+                    if len(self._queue) >= 8 - len(prompts):
                         break
+                    threading.Event().wait(0.01)
             return super()._run_generate(prompts, seeds)
 
     path = micro_model_dir(tmp_path / "micro", seed=3)
@@ -155,6 +154,53 @@ def test_bad_requests_get_openai_errors_and_a_too_long_prompt_reads_as_a_context
             asyncio.run(endpoint.act(info["messages"], []))
 
 
+class RaisingAgent:
+    """A policy with a bug whose message quotes the request (as real exceptions do)."""
+
+    async def act(self, messages, tools, context=None):
+        raise ValueError(f"cannot handle {messages[-1]['content']!r}")
+
+
+def test_a_policy_that_raises_gets_a_500_policy_error_that_quotes_nothing(caplog):
+    import logging
+
+    caplog.set_level(logging.INFO, logger="cm2.serve")
+    with serve_in_thread(ChatServer(RaisingAgent(), model_name="buggy")) as url:
+        client = OpenAI(base_url=url, api_key="x", max_retries=0)
+        with pytest.raises(Exception) as raised:
+            client.chat.completions.create(model="buggy", messages=[{"role": "user", "content": "key sk-SECRET-1"}])
+    assert raised.value.status_code == 500 and raised.value.body["code"] == "policy_error"
+    assert "ValueError" in str(raised.value) and "sk-SECRET-1" not in str(raised.value)
+    assert "POST /v1/chat/completions 500" in caplog.text and "sk-SECRET-1" not in caplog.text
+
+
+def test_tool_choice_none_hides_the_tools_and_a_forced_call_or_a_malformed_body_is_a_400(dialogues, monkeypatch):
+    import httpx
+
+    import agents.serve
+
+    info = _first_observation()
+    with serve_in_thread(ChatServer(ReplayAgent(dialogues), dialogues=dialogues)) as url:
+        client = OpenAI(base_url=url, api_key="x", max_retries=0)
+        hidden = client.chat.completions.create(model="cm2-policy", messages=info["messages"], tools=info["tools"],
+                                                tool_choice="none")
+        assert hidden.choices[0].message.tool_calls is None
+        with pytest.raises(BadRequestError, match="tool_choice"):
+            client.chat.completions.create(model="cm2-policy", messages=info["messages"], tools=info["tools"],
+                                           tool_choice="required")
+        bad_bodies = [{"model": "cm2-policy", "messages": 5}, {"messages": info["messages"]},
+                      {"model": "cm2-policy", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}]
+        for body in bad_bodies:
+            assert httpx.post(f"{url}/chat/completions", json=body).status_code == 400, body
+        deep = "[" * 100_000 + "]" * 100_000
+        assert httpx.post(f"{url}/chat/completions", content=deep).status_code == 400
+        monkeypatch.setattr(agents.serve, "MAX_BODY_BYTES", 1000)
+        answer = httpx.post(f"{url}/chat/completions", json={"model": "cm2-policy", "messages": [
+            {"role": "user", "content": "x" * 2000}]})
+        assert answer.status_code == 413
+
+
+@pytest.mark.timeout(300)
 def test_cm2_serve_prints_its_url_logs_without_secrets_and_stops_cleanly_on_sigterm():
     env = {**os.environ, "SERVE_KEY": "k-9f8e7d", "PYTHONUNBUFFERED": "1"}
     process = subprocess.Popen([sys.executable, "-m", "cm2_env.cli", "serve", "--agent", "replay", "--port", "0",
@@ -166,6 +212,7 @@ def test_cm2_serve_prints_its_url_logs_without_secrets_and_stops_cleanly_on_sigt
             lines.append(line)
             if " at http://" in line:
                 break
+        assert lines and " at http://" in lines[-1], "".join(lines)
         url = lines[-1].split(" at ")[1].split()[0]
         assert url.startswith("http://127.0.0.1:")
         info = _first_observation()
