@@ -22,7 +22,6 @@ from cm2_env.view.assemble import checklist_texts, episode_view, load_run
 from tests.support.view_runs import hostile_run
 
 
-
 @pytest.fixture(scope="module")
 def dialogues():
     return load_dialogues("tooltalk")[:4]
@@ -134,3 +133,71 @@ def test_serving_answers_the_report_and_nothing_else(rollout_dir, tmp_path):
     finally:
         server.shutdown()
         server.server_close()
+
+
+def _three_variant_dataset(tmp_path):
+    """Four bundled dialogues with three checklist variants: the original, reversed weights, a dependency."""
+    import copy
+
+    records = [d.to_record() for d in load_dialogues("tooltalk")[:4]]
+    for record in records:
+        first = record["checklists"][0]
+        reversed_weights, gated = copy.deepcopy(first), copy.deepcopy(first)
+        for turn in reversed_weights:
+            for item, weight in zip(turn, [i["weight"] for i in turn][::-1]):
+                item["weight"] = weight
+        for turn in gated:
+            if len(turn) > 1:
+                turn[0]["dependence"] = [turn[-1]["id"]]
+        record["checklists"] = [first, reversed_weights, gated]
+    path = tmp_path / "variants.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in records))
+    return load_dialogues(str(path))
+
+
+@pytest.mark.parametrize("mode", ["mean", "majority"])
+def test_several_checklist_variants_show_each_variant_s_verdicts_and_add_up_only_where_they_can(tmp_path, mode):
+    dialogues = _three_variant_dataset(tmp_path)
+    run_rollouts(dialogues, ProbeAgent(dialogues, "negated", replay_calls=True), out_dir=tmp_path / "run",
+                 progress=False, env_kwargs={"reward_assignment": "step", "checklist_variants": mode, "strict": False})
+    texts = checklist_texts(dialogues)
+    for record in load_run(tmp_path / "run")["episodes"]:
+        view = episode_view(record, texts[record["dialogue_id"]])
+        badges = [i for t in view["turns"] for a in t["actions"] for i in a["satisfied"]]
+        assert badges and {i["variant"] for i in badges} <= {0, 1, 2}
+        for t, turn in enumerate(view["turns"]):
+            for action in turn["actions"]:
+                for item in action["satisfied"]:
+                    verdict = record["verdicts"][t][f"v{item['variant']}.{item['id']}"]
+                    assert verdict["first_action"] == action["index"] and item["source"] == verdict["source"]
+                    assert item["question"]
+        assert view["sums"]["actions"] == pytest.approx(record["R"], abs=1e-9)
+        if mode == "mean":
+            assert view["sums"]["items"] == pytest.approx(record["R"], abs=1e-9)
+        elif view["sums"]["items"] is None:  # majority: no per-item share of R is claimed
+            assert all(i["contribution"] is None for i in badges)
+
+
+def test_non_finite_numbers_malformed_records_and_lone_surrogates_do_not_break_the_report(rollout_dir, tmp_path):
+    lines = (rollout_dir / "replay" / "trajectories.jsonl").read_text().splitlines()
+    good = json.loads(lines[0])
+    folder = tmp_path / "odd"
+    folder.mkdir()
+    odd = [dict(good, R=float("nan"), rewards=[float("inf")] * len(good["rewards"])),
+           dict(good, reward_record=[1, 2]), dict(good, dialogue_id=["x"]),
+           dict(good, messages=[None, *good["messages"][:3], {"role": "tool", "content": "cut \ud800 here"}])]
+    (folder / "trajectories.jsonl").write_text("".join(json.dumps(r) + "\n" for r in odd))
+    stats = build_report(folder, tmp_path / "r.html")
+    assert stats["episodes"] == 3 and "1 episode records could not be read" in " ".join(stats["notes"])
+    html = (tmp_path / "r.html").read_text(encoding="utf-8")
+    data = html.split('id="cm2-data">', 1)[1].split("</script>", 1)[0]
+    assert json.loads(data)["index"][0][4] is None  # NaN became null: JSON.parse would reject NaN
+
+
+def test_what_a_truncated_episode_is_paid_after_its_last_action_is_shown(rollout_dir):
+    record = json.loads((rollout_dir / "replay" / "trajectories.jsonl").read_text().splitlines()[0])
+    view = episode_view(record)
+    assert view["paid_after_actions"] is None  # a complete episode: every payment belongs to an action
+    truncated = dict(record, rewards=[*record["rewards"], 0.25])
+    assert episode_view(truncated)["paid_after_actions"] == 0.25
+

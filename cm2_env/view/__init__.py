@@ -29,7 +29,15 @@ def build_report(run_dir: str | Path, out: str | Path) -> dict[str, Any]:
             notes.append(f"checklist questions unavailable: dataset {name!r} did not load ({exc})")
     if run["bad_lines"]:
         notes.append(f"{run['bad_lines']} lines of the run's files did not parse and were skipped")
-    views = [episode_view(record, texts.get(record.get("dialogue_id"))) for record in run["episodes"]]
+    views, unreadable = [], 0
+    for record in run["episodes"]:
+        dialogue_id = record.get("dialogue_id")
+        try:
+            views.append(episode_view(record, texts.get(dialogue_id) if isinstance(dialogue_id, str) else None))
+        except (ValueError, TypeError, KeyError, AttributeError):  # a malformed record: counted, not fatal
+            unreadable += 1
+    if unreadable:
+        notes.append(f"{unreadable} episode records could not be read and are not shown")
     title = f"cm2 view · {Path(run_dir).resolve().name} · {', '.join(run['kinds'])}"
     page = render_report(title, views, run["metrics"], run["bench"], notes)
     out = Path(out)

@@ -13,7 +13,9 @@ Contract:
   After each turn: its unsatisfied items with their question and pass condition. Items come from the episode's
   reward record; questions from the dataset when it is available.
 - The numbers add up: over an episode, the actions' contributions (``action_rewards[t][k] / L``) sum to R, and
-  so do the items' contributions when there is one checklist variant. :func:`episode_view` reports both sums.
+  so do the items' contributions with one checklist variant or the mean over several; under majority voting an
+  item has no share of R of its own and none is shown. What the env paid after the last action (the settlement
+  of a truncated episode) is shown apart. :func:`episode_view` reports the sums.
 """
 
 from __future__ import annotations
@@ -109,52 +111,48 @@ def _read_yaml(path: Path) -> dict[str, Any]:
 # --- one episode ---------------------------------------------------------------------------------------------
 
 
-def checklist_texts(dialogues: Iterable[Any]) -> dict[str, list[dict[str, dict[str, Any]]]]:
-    """Per dialogue id, per turn, item id -> question, pass condition, focus and weight (first variant)."""
-    out: dict[str, list[dict[str, dict[str, Any]]]] = {}
-    for dialogue in dialogues:
-        out[dialogue.id] = [{item.id: {"question": item.question, "pass_condition": item.pass_condition,
-                                       "focus": str(getattr(item.focus_on, "value", item.focus_on))}
-                             for item in turn} for turn in dialogue.checklist()]
-    return out
+def checklist_texts(dialogues: Iterable[Any]) -> dict[str, list[list[dict[str, dict[str, Any]]]]]:
+    """Per dialogue id, per checklist variant, per turn: item id -> question, pass condition and focus."""
+    return {dialogue.id: [[{item.id: {"question": item.question, "pass_condition": item.pass_condition,
+                                      "focus": str(getattr(item.focus_on, "value", item.focus_on))}
+                            for item in turn} for turn in variant] for variant in dialogue.checklists]
+            for dialogue in dialogues}
 
 
-def split_turns(messages: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """``(leading messages, turns)``: each turn is ``{"user", "actions": [{"assistant", "tools"}]}``; a turn
-    starts at a user message and an action at an assistant message (tool messages join the action before)."""
-    lead: list[dict[str, Any]] = []
-    turns: list[dict[str, Any]] = []
-    for message in messages:
-        role = message.get("role") if isinstance(message, dict) else None
-        if role == "user":
-            turns.append({"user": message, "actions": []})
-        elif not turns:
-            lead.append(message)
-        elif role == "assistant":
-            turns[-1]["actions"].append({"assistant": message, "tools": []})
-        elif role == "tool" and turns[-1]["actions"]:
-            turns[-1]["actions"][-1]["tools"].append(message)
-        else:
-            lead.append(message)
-    return lead, turns
+def _turns(messages: Any) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
+    """``(messages before the first user message, turns)`` by the one turn/action segmentation
+    (:func:`cm2_env.data.turns.split_turns`); a turn is ``{"user", "actions": [{"assistant", "tools"}]}``."""
+    from cm2_env.data.turns import split_turns
+
+    messages = [m for m in messages if isinstance(m, dict)] if isinstance(messages, list) else []
+    first_user = next((i for i, m in enumerate(messages) if m.get("role") == "user"), len(messages))
+    turns = [{"user": turn.user, "actions": [{"assistant": a.assistant, "tools": list(a.tool_responses)}
+                                             for a in turn.actions]} for turn in split_turns(messages)]
+    return messages[:first_user], turns
 
 
-def episode_view(record: Mapping[str, Any], texts: list[dict[str, dict[str, Any]]] | None = None) -> dict[str, Any]:
-    """One episode as ``cm2 view`` shows it (see the module docstring)."""
+def episode_view(record: Mapping[str, Any], texts: list[list[dict[str, dict[str, Any]]]] | None = None
+                 ) -> dict[str, Any]:
+    """One episode as ``cm2 view`` shows it (see the module docstring). ``texts``: the dialogue's
+    :func:`checklist_texts` entry. Raises ``ValueError``/``TypeError``/``KeyError`` on a record it cannot read
+    (the caller skips and counts it)."""
     reward_record = record.get("reward_record") or {}
-    record_turns = reward_record.get("turns") or []
+    if not isinstance(reward_record, dict):
+        raise TypeError("reward_record is not an object")
+    record_turns = [t for t in reward_record.get("turns") or [] if isinstance(t, dict)]
     L = _divisor(reward_record, len(record_turns))
-    verdicts = record.get("verdicts") or []
-    payments = list(record.get("rewards") or [])
-    lead, turns = split_turns(list(record.get("messages") or []))
+    verdicts = record.get("verdicts") if isinstance(record.get("verdicts"), list) else []
+    payments = [float(r) for r in record.get("rewards") or []]
+    lead, turns = _turns(record.get("messages"))
     action_rewards = reward_record.get("action_rewards") or []
+    variants = _variants(record_turns)
     step = 0
     item_sum = action_sum = 0.0
     out_turns = []
     for t, turn in enumerate(turns):
         items = _turn_items(record_turns[t] if t < len(record_turns) else {},
                             verdicts[t] if t < len(verdicts) and isinstance(verdicts[t], dict) else {},
-                            (texts[t] if texts is not None and t < len(texts) else {}), L)
+                            [variant[t] if t < len(variant) else {} for variant in texts or []], L)
         actions = []
         for k, action in enumerate(turn["actions"], start=1):
             contribution = _at(action_rewards, t, k - 1) / L if L else 0.0
@@ -164,17 +162,25 @@ def episode_view(record: Mapping[str, Any], texts: list[dict[str, dict[str, Any]
                             "contribution": contribution,
                             "satisfied": [i for i in items if i["first_action"] == k]})
             step += 1
-        item_sum += sum(i["contribution"] for i in items)
+        item_sum += sum(i["contribution"] or 0.0 for i in items)
         out_turns.append({"index": t, "user": turn["user"], "actions": actions,
                           "unsatisfied": [i for i in items if not i["passed"]],
                           "reward": _at([reward_record.get("turn_rewards") or []], 0, t)})
+    items_exact = variants == 1 or abs(item_sum - action_sum) < 1e-9
+    if not items_exact:  # majority voting over variants: no item has a share of R of its own
+        for turn in out_turns:
+            for item in [i for a in turn["actions"] for i in a["satisfied"]] + turn["unsatisfied"]:
+                item["contribution"] = None
     return {
         "dialogue_id": record.get("dialogue_id"), "group_index": record.get("group_index"),
         "step": record.get("step"), "R": record.get("R"), "failed": bool(record.get("failed")),
         "failure": record.get("failure"), "end_reason": record.get("end_reason"),
         "turns_reached": record.get("turns_reached"), "reference_turns": record.get("reference_turns"),
         "L": L, "lead": lead, "turns": out_turns, "usage": record.get("usage") or {},
-        "sums": {"actions": action_sum, "items": item_sum, "variants": _variants(record_turns)},
+        # what the env paid after the last action: the settlement of an episode ended from outside (truncation)
+        "paid_after_actions": sum(payments[step:]) if len(payments) > step else None,
+        "variants": variants,
+        "sums": {"actions": action_sum, "items": item_sum if items_exact else None, "variants": variants},
     }
 
 
@@ -197,27 +203,33 @@ def _variants(record_turns: list[Mapping[str, Any]]) -> int:
     return max((len(turn.get("checklists") or []) for turn in record_turns), default=1) or 1
 
 
-def _turn_items(record_turn: Mapping[str, Any], verdicts: Mapping[str, Any], texts: Mapping[str, Any],
-                L: int) -> list[dict[str, Any]]:
-    """The turn's items (every variant's, in order), with their verdict, source and what each adds to R."""
-    checklists = record_turn.get("checklists") or []
+def _turn_items(record_turn: Mapping[str, Any], verdicts: Mapping[str, Any],
+                texts: list[Mapping[str, Any]], L: int) -> list[dict[str, Any]]:
+    """The turn's items (every variant's, in order), with their verdict, source and what each adds to R
+    (weight / variants / L: exact for one variant and for the mean over variants; the caller drops it when the
+    items do not add up, as under majority voting). With several variants the env keys verdicts ``v<k>.<id>``."""
+    checklists = [c for c in record_turn.get("checklists") or [] if isinstance(c, dict)]
     n = len(checklists) or 1
     items = []
     for v, checklist in enumerate(checklists):
-        paid = checklist.get("paid") or {}
-        first = checklist.get("first_satisfied") or {}
+        paid = checklist.get("paid") if isinstance(checklist.get("paid"), dict) else {}
+        first = checklist.get("first_satisfied") if isinstance(checklist.get("first_satisfied"), dict) else {}
+        text = texts[v] if v < len(texts) and isinstance(texts[v], dict) else {}
         for item in checklist.get("items") or []:
-            item_id = item.get("id")
-            verdict = (verdicts.get(item_id) or {}) if v == 0 else {}  # verdicts record the first variant
+            if not isinstance(item, dict):
+                continue
+            item_id = str(item.get("id"))
+            verdict = verdicts.get(item_id if n == 1 else f"v{v}.{item_id}") or {}
             weight = float(item.get("weight") or 0.0)
             paid_at = paid.get(item_id)
             items.append({
-                "id": item_id, "variant": v, "weight": weight, "dependence": list(item.get("dependence") or []),
+                "id": item_id, "variant": v if n > 1 else None, "weight": weight,
+                "dependence": list(item.get("dependence") or []),
                 "passed": first.get(item_id) is not None,
                 "first_action": first.get(item_id), "paid_at": paid_at,
                 "contribution": weight / n / L if paid_at is not None and L else 0.0,
-                "source": verdict.get("source"),
-                **({k: texts[item_id][k] for k in ("question", "pass_condition", "focus")}
-                   if item_id in texts and v == 0 else {}),
+                "source": verdict.get("source") if isinstance(verdict, dict) else None,
+                **{key: text[item_id][key] for key in ("question", "pass_condition", "focus")
+                   if item_id in text and key in text[item_id]},
             })
     return items

@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import base64
 import gzip
+import hashlib
 import io
 import json
+import math
 import re
 import statistics
 from collections import Counter
@@ -30,16 +32,30 @@ CURVES: tuple[tuple[str, str], ...] = (("reward/mean", "mean reward R"), ("kl", 
                                        ("clip_fraction", "clip fraction"), ("loss", "loss"))
 
 
+def finite(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, infinities: not JSON) replaced by None."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [finite(v) for v in value]
+    return value
+
+
+def _dumps(value: Any) -> str:
+    # ASCII only: lone surrogates (a tool result cut mid-character) stay escapes instead of failing to encode
+    return json.dumps(finite(value), ensure_ascii=True, allow_nan=False, separators=(",", ":"), default=str)
+
+
 def safe_json(value: Any) -> str:
-    """JSON that is inert inside a ``<script>`` block (``<``, ``>``, ``&`` and the JS line separators escaped)."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":"))
-    return (text.replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
-            .replace("\u2028", "\\u2028").replace("\u2029", "\\u2029"))
+    """JSON that is inert inside a ``<script>`` block (``<``, ``>`` and ``&`` escaped; ASCII only)."""
+    return _dumps(value).replace("<", "\\u003c").replace(">", "\\u003e").replace("&", "\\u0026")
 
 
 def pack(episodes: Sequence[Mapping[str, Any]]) -> str:
     """A chunk of episode views: gzip-compressed JSON, base64."""
-    raw = json.dumps(list(episodes), ensure_ascii=False, separators=(",", ":")).encode("utf-8")
+    raw = _dumps(list(episodes)).encode("ascii")
     return base64.b64encode(gzip.compress(raw, compresslevel=6, mtime=0)).decode("ascii")
 
 
@@ -74,6 +90,7 @@ def curves_svg(metrics: Sequence[Mapping[str, Any]]) -> str:
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    plt.rcParams["svg.hashsalt"] = "cm2-view"  # the same run gives the same file
     fig, axes = plt.subplots(1, len(panels), figsize=(3.2 * len(panels), 2.6), squeeze=False)
     for ax, (key, title, points) in zip(axes[0], panels):
         steps, values = zip(*points)
@@ -89,7 +106,7 @@ def curves_svg(metrics: Sequence[Mapping[str, Any]]) -> str:
         ax.grid(alpha=0.3)
     fig.tight_layout()
     buffer = io.StringIO()
-    fig.savefig(buffer, format="svg")
+    fig.savefig(buffer, format="svg", metadata={"Date": None})
     plt.close(fig)
     svg = buffer.getvalue()
     return svg[svg.index("<svg"):]
@@ -104,8 +121,9 @@ def render_report(title: str, views: Sequence[Mapping[str, Any]], metrics: Seque
         "chunks": [pack(views[i:i + CHUNK]) for i in range(0, len(views), CHUNK)],
         "bench": _bench(bench),
     }
-    values = {"TITLE": _escape_text(title), "CURVES": curves_svg(metrics), "DATA": safe_json(data)}
-    return re.sub(r"__(TITLE|CURVES|DATA)__", lambda m: values[m.group(1)], _TEMPLATE)  # one pass: no re-expansion
+    values = {"TITLE": _escape_text(title), "CURVES": curves_svg(metrics), "DATA": safe_json(data),
+              "SCRIPT_HASH": _SCRIPT_HASH}
+    return re.sub(r"__(TITLE|CURVES|DATA|SCRIPT_HASH)__", lambda m: values[m.group(1)], _TEMPLATE)  # one pass
 
 
 def _bench(bench: Mapping[str, Any] | None) -> dict[str, Any] | None:
@@ -123,7 +141,7 @@ def _escape_text(text: str) -> str:
 
 _TEMPLATE = r"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
-<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'unsafe-inline'; img-src data:">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'; script-src 'sha256-__SCRIPT_HASH__'; img-src data:; base-uri 'none'; form-action 'none'">
 <title>__TITLE__</title>
 <style>
 body{font:14px/1.45 system-ui,sans-serif;margin:0;color:#1d2330;background:#f6f7f9}
@@ -172,11 +190,13 @@ function el(tag, attrs, ...children) {
 function fmt(x, d) { return typeof x === "number" ? x.toFixed(d === undefined ? 3 : d) : (x == null ? "–" : String(x)); }
 async function chunk(n) {
   if (!cache.has(n)) {
-    cache.set(n, (async () => {
+    const loading = (async () => {
       const bytes = Uint8Array.from(atob(DATA.chunks[n]), c => c.charCodeAt(0));
       const stream = new Blob([bytes]).stream().pipeThrough(new DecompressionStream("gzip"));
       return JSON.parse(await new Response(stream).text());
-    })());
+    })();
+    cache.set(n, loading);
+    loading.catch(() => cache.delete(n));  // a failed chunk is tried again next time
   }
   return cache.get(n);
 }
@@ -202,7 +222,7 @@ function renderSummary() {
 }
 function renderList() {
   const q = document.getElementById("filter").value.trim().toLowerCase();
-  const shown = rows.filter(r => !q || [r[1], r[5], r[3]].some(v => String(v).toLowerCase().includes(q)));
+  const shown = rows.filter(r => !q || [r[1], r[5], r[3]].some(v => v != null && String(v).toLowerCase().includes(q)));
   const pages = Math.max(1, Math.ceil(shown.length / PAGE)); page = Math.min(page, pages - 1);
   document.getElementById("page").textContent = "page " + (page + 1) + " / " + pages + " (" + shown.length + " episodes)";
   const body = document.querySelector("#episodes tbody"); body.replaceChildren();
@@ -225,21 +245,27 @@ function splitThink(text) {
   return m ? [m[1].trim(), (text.slice(0, m.index) + text.slice(m.index + m[0].length)).trim()] : ["", text || ""];
 }
 function messageNode(m) {
-  const role = m.role || "?", node = el("div", {class: "msg " + role});
+  if (!m || typeof m !== "object") m = {role: "?", content: String(m)};
+  const role = String(m.role || "?"), node = el("div", {class: "msg " + role});
   node.append(el("div", {class: "meta", text: role + (m.name ? " · " + m.name : "")}));
-  const [think, visible] = role === "assistant" ? splitThink(m.content) : ["", m.content];
+  const text = typeof m.content === "string" ? m.content : (m.content == null ? "" : JSON.stringify(m.content));
+  const [think, visible] = role === "assistant" ? splitThink(text) : ["", text];
   if (think) node.append(el("details", {}, el("summary", {text: "thinking (" + think.length + " chars)"}), el("div", {text: think})));
   if (visible) node.append(el("div", {text: visible}));
-  for (const c of m.tool_calls || []) {
-    const f = c.function || {}; let args = f.arguments;
+  for (const c of Array.isArray(m.tool_calls) ? m.tool_calls : []) {
+    const f = (c && c.function) || {}; let args = f.arguments;
     try { args = JSON.stringify(JSON.parse(args), null, 1); } catch (e) { /* keep the raw text */ }
     node.append(el("div", {class: "call", text: "→ " + f.name + " " + args}));
   }
   return node;
 }
+function itemName(it) { return (it.variant != null ? "v" + it.variant + "." : "") + it.id; }
 function itemBadge(it) {
-  return el("span", {class: "item", title: it.question || "", "data-item": it.id,
-    text: it.id + " ✓ w " + fmt(it.weight, 2) + " · +" + fmt(it.contribution, 3) + " R · " + (it.source || "?")});
+  const share = it.contribution == null ? "" : " · +" + fmt(it.contribution, 3) + " R";
+  const gated = it.paid_at != null && it.paid_at !== it.first_action ? " · paid at action " + it.paid_at :
+    (it.paid_at == null ? " · not paid (dependency)" : "");
+  return el("span", {class: "item", title: it.question || "", "data-item": itemName(it),
+    text: itemName(it) + " ✓ w " + fmt(it.weight, 2) + share + gated + " · " + (it.source || "?")});
 }
 function actionNode(a, other) {
   const differs = other !== undefined && (!other || JSON.stringify(other.assistant) !== JSON.stringify(a.assistant));
@@ -262,22 +288,36 @@ function episodeNode(v, other) {
     turn.append(el("div", {class: "meta", text: "turn " + (t.index + 1) + " · R_t " + fmt(t.reward)}), messageNode(t.user));
     const ot = other ? other.turns[ti] : undefined;
     t.actions.forEach((a, ai) => turn.append(actionNode(a, other === undefined ? undefined : (ot ? ot.actions[ai] || null : null))));
-    for (const it of t.unsatisfied) turn.append(el("div", {class: "miss", "data-item": it.id},
-      el("b", {text: it.id + " not satisfied (w " + fmt(it.weight, 2) + ")"}), el("div", {text: it.question || ""}),
+    for (const it of t.unsatisfied) turn.append(el("div", {class: "miss", "data-item": itemName(it)},
+      el("b", {text: itemName(it) + " not satisfied (w " + fmt(it.weight, 2) + ")"}), el("div", {text: it.question || ""}),
       it.pass_condition ? el("div", {class: "meta", text: "passes when: " + it.pass_condition}) : null));
     root.append(turn);
   });
+  if (v.paid_after_actions != null) root.append(el("div", {class: "meta", text:
+    "paid when the episode ended (" + (v.end_reason || "") + "), after its last action: " + fmt(v.paid_after_actions)}));
   return root;
 }
-async function show(i) {
-  const v = await episode(i), pane = document.getElementById("detail");
-  pane.replaceChildren(episodeNode(v));
-  document.querySelectorAll("tr.row").forEach(tr => tr.classList.toggle("sel", Number(tr.dataset.i) === i));
+let latest = 0;  // only the last click renders, however long its chunk takes
+async function render(build) {
+  const token = ++latest, pane = document.getElementById("detail");
+  try {
+    const nodes = await build();
+    if (token === latest) pane.replaceChildren(...nodes);
+  } catch (e) {
+    if (token === latest) pane.replaceChildren(el("p", {class: "bad", text: "could not show this: " + e}));
+  }
 }
-async function compare() {
-  const [a, b] = await Promise.all(picked.map(episode)), pane = document.getElementById("detail");
-  pane.replaceChildren(el("div", {class: "meta", text: "comparing #" + picked[0] + " and #" + picked[1] + ": differing actions are framed"}),
-    el("div", {class: "cols", id: "compare-view"}, episodeNode(a, b), episodeNode(b, a)));
+function show(i) {
+  document.querySelectorAll("tr.row").forEach(tr => tr.classList.toggle("sel", Number(tr.dataset.i) === i));
+  return render(async () => [episodeNode(await episode(i))]);
+}
+function compare() {
+  const pair = picked.slice();
+  return render(async () => {
+    const [a, b] = await Promise.all(pair.map(episode));
+    return [el("div", {class: "meta", text: "comparing #" + pair[0] + " and #" + pair[1] + ": differing actions are framed"}),
+      el("div", {class: "cols", id: "compare-view"}, episodeNode(a, b), episodeNode(b, a))];
+  });
 }
 document.querySelectorAll("#episodes th[data-k]").forEach(th => th.addEventListener("click", () => {
   const k = Number(th.dataset.k); sortDir = k === sortKey ? -sortDir : 1; sortKey = k;
@@ -292,3 +332,9 @@ document.body.dataset.ready = "1";
 </script>
 </body></html>
 """
+
+
+# The CSP allows exactly the page's own script (by its hash): markup injected by any means could not run.
+_SCRIPT_HASH = base64.b64encode(hashlib.sha256(
+    _TEMPLATE.split("<script>", 1)[1].split("</script>", 1)[0].encode("utf-8")).digest()).decode("ascii")
+
