@@ -9,6 +9,7 @@ The same strings work on the command line (``cm2 rollout --agent/--simulator/--j
     ENDPOINT                any role: an OpenAI-compatible model,
                             [openai|vllm|sglang:]URL[,URL...]#MODEL[?option=value&...] (cm2_env.llm.spec)
     hybrid:ENDPOINT         judge: rules where they are confident, the endpoint's LLM otherwise
+    noisy:P:JUDGE           judge: JUDGE with each verdict flipped with probability P (a study tool)
     hf:PATH                 policy: a local transformers model folder (never downloaded)
     probe:KIND[+calls]      policy: a deliberately gaming probe (agents.probes), for testing judges
     oracle | noop           benchmark policy: the benchmark's ground truth / no calls at all
@@ -32,6 +33,7 @@ FORMS: dict[str, str] = {
     "rule": "rule",
     "endpoint": "openai:URL#MODEL (or vllm:/sglang:)",
     "hybrid": "hybrid:openai:URL#MODEL",
+    "noisy": "noisy:P:JUDGE",
     "hf": "hf:PATH",
     "probe": "probe:KIND[+calls]",
     "oracle": "oracle",
@@ -43,11 +45,11 @@ ROLES: dict[str, tuple[str, ...]] = {
     "policy": ("replay", "probe", "endpoint", "hf", "python"),
     "bench": ("oracle", "noop", "endpoint", "hf", "python"),
     "simulator": ("replay", "endpoint"),
-    "judge": ("rule", "endpoint", "hybrid"),
+    "judge": ("rule", "endpoint", "hybrid", "noisy"),
 }
 _LABELS = {"policy": "policy", "bench": "benchmark policy", "simulator": "simulator", "judge": "judge"}
 _NAMES = ("replay", "rule", "oracle", "noop")
-_PREFIXES = ("hybrid", "hf", "probe")
+_PREFIXES = ("hybrid", "hf", "probe", "noisy")
 _PYTHON_PATH = re.compile(r"^[A-Za-z_][\w.]*:[A-Za-z_][\w.]*$")
 
 
@@ -98,10 +100,27 @@ def parse(text: object, role: str) -> Spec:
         raise SpecError(f"{_LABELS[role]} spec {what}. Fix: use {choices(role)}")
     if spec.kind in ("endpoint", "hybrid"):
         parse_spec(spec.value)
+    elif spec.kind == "noisy":
+        noisy_parts(spec.value, role)
     elif spec.kind in ("hf", "probe") and not spec.value:
         raise SpecError(f"{_LABELS[role]} spec {stripped!r} names no {'folder' if spec.kind == 'hf' else 'probe kind'}. "
                         f"Fix: write {FORMS[spec.kind]}")
     return spec
+
+
+def noisy_parts(value: str, role: str = "judge") -> tuple[float, str]:
+    """``(p, inner judge spec)`` of a ``noisy:P:JUDGE`` spec's value; raises :class:`SpecError` when P is not a
+    probability or JUDGE is not a judge spec."""
+    head, _, inner = value.partition(":")
+    try:
+        p = float(head)
+    except ValueError:
+        p = -1.0
+    if not 0.0 <= p <= 1.0 or not inner.strip():
+        raise SpecError(f"{_LABELS[role]} spec 'noisy:{value}': write noisy:P:JUDGE with P in [0, 1], e.g. "
+                        "noisy:0.05:rule")
+    parse(inner, role)
+    return p, inner.strip()
 
 
 def check_options(role: str, given: object, known: object) -> None:

@@ -51,7 +51,7 @@ def test_a_form_a_role_does_not_take_is_a_spec_error_listing_what_it_does_take(r
 def test_every_role_accepts_every_form_it_lists():
     examples = {"replay": "replay", "rule": "rule", "endpoint": f"openai:{URL}#m", "hybrid": f"hybrid:openai:{URL}#m",
                 "hf": "hf:runs/x", "probe": "probe:negated", "oracle": "oracle", "noop": "noop",
-                "python": "pkg.module:attribute"}
+                "python": "pkg.module:attribute", "noisy": "noisy:0.05:rule"}
     for role, kinds in ROLES.items():
         for kind in kinds:
             assert parse(examples[kind], role).kind == kind

@@ -89,3 +89,22 @@ def test_importing_the_environment_package_loads_neither_torch_nor_the_upper_lay
             "print(sorted(m for m in ('torch', 'transformers', 'agents', 'train', 'benchmarks') if m in sys.modules))")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert done.stdout.strip() == "[]"
+
+
+def test_held_out_validation_is_logged_before_training_every_interval_and_at_the_end(model_dir, tmp_path):
+    import json
+
+    dialogues = load_dialogues("tooltalk")
+    held_out = [d.id for d in dialogues[10:12]]
+    config = GRPOConfig(model=str(model_dir), output_dir=str(tmp_path), steps=3, group_size=2, prompts_per_step=1,
+                        max_new_tokens=8, max_turns=1, max_actions_per_turn=2, bf16="false", seed=1,
+                        validation_dialogues=held_out, validation_interval=2, eval_samples=2, eval_temperature=1.0,
+                        checkpoint_interval=0, progress=False).validate()
+    train(config, dialogues=dialogues[:2] + dialogues[10:12])
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in rows if "validation/mean_reward" in r] == [0, 2, 3]
+    assert all(0 <= r["validation/mean_reward"] <= 1 for r in rows if "validation/mean_reward" in r)
+    bad = GRPOConfig(**{**config.to_dict(), "validation_dialogues": ["no/such"], "output_dir": str(tmp_path / "b")})
+    with pytest.raises(ValueError, match="validation_dialogues.*no/such"):
+        train(bad.validate(), dialogues=dialogues[:2])
+

@@ -238,6 +238,10 @@ class GRPOConfig(RunConfig):
     eval_samples: int = 1  # episodes per dialogue when measuring
     eval_temperature: float = 0.0  # 0 = greedy
     eval_max_turns: int = 0  # 0 = max_turns
+    # held-out validation during training: these dialogues' mean reward (eval_samples, eval_temperature, seed
+    # fixed per run) before the first step and every validation_interval steps, logged as validation/mean_reward
+    validation_dialogues: list[str] = field(default_factory=list)  # dialogue ids ([] = no validation)
+    validation_interval: int = 0  # GRPO steps between validations (0 = only before training and at the end)
 
     # --- bookkeeping ---------------------------------------------------------------------------------------
     checkpoint_interval: int = 50  # GRPO steps between checkpoints (0 = only at the end)
@@ -290,7 +294,7 @@ class GRPOConfig(RunConfig):
             if getattr(self, name) < 1:
                 fail(name, f"must be at least 1, got {getattr(self, name)}", "use a positive integer")
         for name in ("rollout_concurrency", "eval_dialogues", "eval_max_turns", "checkpoint_interval", "max_dialogues",
-                     "rollout_log_interval"):
+                     "rollout_log_interval", "validation_interval"):
             if getattr(self, name) < 0:
                 fail(name, f"must be >= 0, got {getattr(self, name)}", "use 0 (default) or a positive integer")
         if not 0 < self.learning_rate < 1:

@@ -63,6 +63,25 @@ def select_dialogues(dialogues: Sequence[Any], config: GRPOConfig) -> list[Any]:
     return list(dialogues)
 
 
+def select_validation(dialogues: Sequence[Any], config: GRPOConfig) -> list[Any]:
+    """The held-out validation dialogues named by ``validation_dialogues`` (in that order)."""
+    by_id = {d.id: d for d in dialogues}
+    missing = [i for i in config.validation_dialogues if i not in by_id]
+    if missing:
+        raise ValueError(f"validation_dialogues: {missing[:5]} not in dataset {config.dataset!r}. Fix: use ids from "
+                         "`cm2 data stats`")
+    return [by_id[i] for i in config.validation_dialogues]
+
+
+def validate(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: GRPOConfig) -> dict[str, Any]:
+    """``{"validation": {"mean_reward", "failed"}}``: the mean reward on the validation dialogues, sampled with
+    the run's seed (the same draws at every validation, so curves compare the policy, not the luck)."""
+    from train.evaluate import measure_reward
+
+    measured = measure_reward(model, tokenizer, dialogues, config, seed=config.seed)
+    return {"validation": {"mean_reward": measured["mean_reward"], "failed": measured["failed"]}}
+
+
 def dialogues_at(position: int, count: int, n: int, seed: int) -> list[int]:
     """Indices of the ``count`` dialogues starting at ``position`` of the run's data order
     (:func:`train.sequences.epoch_order`); a pure function, so a resumed run continues the same order."""
@@ -555,7 +574,8 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
         (out / "config.yaml").write_text(config.to_yaml() + note, encoding="utf-8")
     dist.barrier()
     configure_torch(config)
-    dialogues = select_dialogues(dialogues if dialogues is not None else load_dialogues(config.dataset), config)
+    all_dialogues = dialogues if dialogues is not None else load_dialogues(config.dataset)
+    dialogues = select_dialogues(all_dialogues, config)
     policy, tokenizer, reference = build_policy(config)
     fsdp = (FSDP2Policy(policy, reference.frozen_copy if reference is not None else None, dist)
             if config.data_parallel == "fsdp2" and dist.world > 1 else None)
@@ -571,6 +591,12 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
     rollout_log = (RolloutLog(out, resume_step=state.step if resume_from else None)
                    if dist.main and config.rollout_log_interval else None)
     end = config.steps if max_steps is None else min(config.steps, state.step + max_steps)
+    validation = select_validation(all_dialogues, config)
+    if validation and state.step == 0:
+        validation_record = validate(fsdp.full_model() if fsdp is not None else policy, tokenizer, validation,
+                                     config)
+        if logger is not None:
+            logger.log(0, validation_record)
     records, failed_total = [], int(state.extras.get("failed_episodes", 0))
     make_agent = make_agent or rollout_factory(config)
     for step in range(state.step, end):
@@ -620,6 +646,9 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
                              "train": sum(len(s) for s in sequences) * config.ppo_epochs / max(t_update, 1e-9)},
         }
         state.step, state.data_position = step + 1, state.data_position + config.prompts_per_step
+        if validation and (state.step == config.steps or config.validation_interval
+                           and state.step % config.validation_interval == 0):
+            record.update(validate(sampler if fsdp is None else fsdp.full_model(), tokenizer, validation, config))
         state.extras["failed_episodes"] = failed_total
         records.append(logger.log(step + 1, record) if logger is not None else record)
         if rollout_log is not None and state.step % config.rollout_log_interval == 0:

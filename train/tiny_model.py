@@ -45,6 +45,9 @@ PRESETS: dict[str, TinyShape] = {
     # ~4.5M parameters with an 8k cross-word vocabulary: fast enough for GRPO on 2 CPU cores.
     "tiny-cpu": TinyShape(hidden_size=256, intermediate_size=512, num_hidden_layers=4, num_attention_heads=4,
                           num_key_value_heads=2, vocab_size=8192, merge_across_words=True),
+    # ~0.2M parameters: what tests train in seconds, and the Figure 3 study's --quick smoke test.
+    "micro": TinyShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, head_dim=32, max_position_embeddings=4096, vocab_size=2048),
     # What the vLLM CPU integration tests serve (docs/llm.md: vLLM's CPU attention needs head_dim 64).
     "vllm": TinyShape(hidden_size=128, intermediate_size=256, num_hidden_layers=4, num_attention_heads=2,
                       num_key_value_heads=1, max_position_embeddings=2048),

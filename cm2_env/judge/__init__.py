@@ -5,6 +5,8 @@
 - ``"rule"``: :class:`RuleJudge` - deterministic, offline, approximate;
 - ``"openai:URL#model"`` (any ``cm2_env.llm`` spec): :class:`LLMChecklistJudge`;
 - ``"hybrid:openai:URL#model"``: :class:`HybridJudge` (rules where confident, the LLM otherwise);
+- ``"noisy:P:JUDGE"``: :class:`NoisyJudge`, JUDGE with verdicts flipped at rate P (a study tool; option
+  ``noise_seed``, the other options go to JUDGE);
 - a :class:`ChecklistJudge` object: returned as is.
 
 Options: ``votes``, ``batch_items``, ``temperature``, ``top_p``, ``sampling``, ``attempts``, ``max_prompt_chars``,
@@ -19,11 +21,12 @@ from typing import Any
 from cm2_env.judge.base import ChecklistJudge, JudgeRequest, Verdict
 from cm2_env.judge.hybrid import HybridJudge
 from cm2_env.judge.llm import LLMChecklistJudge
+from cm2_env.judge.noisy import NoisyJudge
 from cm2_env.judge.rule import RuleJudge
 from cm2_env.specs import check_options, parse
 
 __all__ = [
-    "ChecklistJudge", "JudgeRequest", "Verdict", "RuleJudge", "LLMChecklistJudge", "HybridJudge",
+    "ChecklistJudge", "JudgeRequest", "Verdict", "RuleJudge", "LLMChecklistJudge", "HybridJudge", "NoisyJudge",
     "make_judge",
 ]
 
@@ -37,6 +40,13 @@ def make_judge(spec: str | ChecklistJudge = "rule", **options: Any) -> Checklist
     if isinstance(spec, ChecklistJudge):
         return spec
     parsed = parse(spec, "judge")
+    if parsed.kind == "noisy":
+        from cm2_env.specs import noisy_parts
+
+        p, inner = noisy_parts(parsed.value)
+        options = dict(options)
+        seed = options.pop("noise_seed", 0)
+        return NoisyJudge(make_judge(inner, **options), p, seed=seed)
     check_options("judge", options, {*_LLM_OPTIONS, "threshold", "llm_options", "client"})
     if parsed.kind == "rule":
         return RuleJudge()

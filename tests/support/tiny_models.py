@@ -9,10 +9,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from train.tiny_model import TinyShape, build_model, build_tokenizer, corpus_texts
+from train.tiny_model import PRESETS, TinyShape, build_model, build_tokenizer, corpus_texts
 
-MICRO = TinyShape(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                  num_key_value_heads=1, head_dim=32, max_position_embeddings=4096, vocab_size=2048)
+MICRO = PRESETS["micro"]
 
 
 def micro_model_dir(path: str | Path, seed: int = 0, shape: TinyShape = MICRO) -> Path:
