@@ -107,4 +107,11 @@ def test_held_out_validation_is_logged_before_training_every_interval_and_at_the
     bad = GRPOConfig(**{**config.to_dict(), "validation_dialogues": ["no/such"], "output_dir": str(tmp_path / "b")})
     with pytest.raises(ValueError, match="validation_dialogues.*no/such"):
         train(bad.validate(), dialogues=dialogues[:2])
+    # a noisy training judge with a clean validation judge: validation before training is the clean number
+    noisy = config.updated(judge="noisy:0.5:rule", validation_judge="rule", steps=1, output_dir=str(tmp_path / "n"))
+    train(noisy, dialogues=dialogues[:2] + dialogues[10:12])
+    first = json.loads((tmp_path / "n" / "metrics.jsonl").read_text().splitlines()[0])
+    assert first["step"] == 0 and first["validation/mean_reward"] == rows[0]["validation/mean_reward"]
+    with pytest.raises(Exception, match="validation_judge"):
+        config.updated(validation_judge="replay")
 

@@ -185,6 +185,7 @@ class GRPOConfig(RunConfig):
     max_dialogues: int = 0  # after dialogue_ids: keep the first N (0 = all)
     simulator: str = "replay"  # a simulator spec (docs/architecture.md, "Spec strings")
     judge: str = "rule"  # a judge spec
+    strict: bool = True  # end an episode after a turn whose required items are not all satisfied (the paper's)
     max_turns: int = 30  # reference turns played per episode (released: 30)
     max_actions: int = 30  # agent actions per episode (released: 30 generations per episode)
     max_actions_per_turn: int = 30  # agent actions per turn (cm2's guard; the released code has none)
@@ -242,6 +243,7 @@ class GRPOConfig(RunConfig):
     # fixed per run) before the first step and every validation_interval steps, logged as validation/mean_reward
     validation_dialogues: list[str] = field(default_factory=list)  # dialogue ids ([] = no validation)
     validation_interval: int = 0  # GRPO steps between validations (0 = only before training and at the end)
+    validation_judge: str = ""  # the judge of validation ("" = the training judge), e.g. a clean one beside noisy
 
     # --- bookkeeping ---------------------------------------------------------------------------------------
     checkpoint_interval: int = 50  # GRPO steps between checkpoints (0 = only at the end)
@@ -313,12 +315,14 @@ class GRPOConfig(RunConfig):
         if self.group_size < 2:
             fail("group_size", f"GRPO needs at least 2 rollouts per dialogue, got {self.group_size}",
                  "use 8 or more (paper: 24 or 48)")
-        for name in ("simulator", "judge"):
+        for name, role in (("simulator", "simulator"), ("judge", "judge"), ("validation_judge", "judge")):
+            if name == "validation_judge" and not self.validation_judge:
+                continue
             try:
-                parse(getattr(self, name), name)
+                parse(getattr(self, name), role)
             except SpecError as exc:
                 problem, _, fix = str(exc).partition(". Fix: ")
-                fail(name, problem, fix or f"use {choices(name)}")
+                fail(name, problem, fix or f"use {choices(role)}")
 
     @property
     def recompute_old_logprobs(self) -> bool:

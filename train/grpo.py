@@ -74,10 +74,13 @@ def select_validation(dialogues: Sequence[Any], config: GRPOConfig) -> list[Any]
 
 
 def validate(model: Any, tokenizer: Any, dialogues: Sequence[Any], config: GRPOConfig) -> dict[str, Any]:
-    """``{"validation": {"mean_reward", "failed"}}``: the mean reward on the validation dialogues, sampled with
-    the run's seed (the same draws at every validation, so curves compare the policy, not the luck)."""
+    """``{"validation": {"mean_reward", "failed"}}``: the mean reward on the validation dialogues, judged by
+    ``validation_judge`` (default: the training judge) and sampled with the run's seed (the same draws at every
+    validation, so curves compare the policy, not the luck)."""
     from train.evaluate import measure_reward
 
+    if config.validation_judge:
+        config = config.updated(judge=config.validation_judge)
     measured = measure_reward(model, tokenizer, dialogues, config, seed=config.seed)
     return {"validation": {"mean_reward": measured["mean_reward"], "failed": measured["failed"]}}
 
@@ -102,6 +105,7 @@ def env_kwargs(config: GRPOConfig, max_turns: int | None = None) -> dict[str, An
     return {
         "simulator": config.simulator,
         "judge": config.judge,
+        "strict": config.strict,
         "normaliser": config.normaliser,
         "max_turns": max_turns or config.max_turns,
         "max_actions": config.max_actions,

@@ -6,13 +6,17 @@ What it runs (docs/studies/figure3.md):
 
 - One start for every run: the tiny-cpu preset's model and SFT (all bundled dialogues), built once in
   ``DIR/start``.
-- GRPO runs that differ in one factor each, everything else equal (the tiny-cpu preset's recipe, first turns):
+- GRPO runs that differ in one factor each, everything else equal (the tiny-cpu preset's recipe, on the first
+  :data:`TURNS` turns of each dialogue with ``strict`` off, so that every episode has several turns and turn-level
+  credit differs from trajectory-level credit -- with one turn the two are the same run):
   assignment (``advantage_level`` step / turn / trajectory) x group size G in {4, 8, 16}, and assignment x judge
   noise p in {0.05, 0.15} at G = 8 (p = 0 is shared with the G grid), each on every seed. Judge noise is the
-  ``noisy:P:rule`` judge (:class:`cm2_env.judge.NoisyJudge`): each verdict flipped with probability p, seeded.
-- Training dialogues: :data:`TRAIN` first-turn dialogues; validation: the next :data:`VALIDATION` ones, held out
-  from RL (not from SFT), measured before training and every ``--interval`` steps (``validation_dialogues``,
-  ``validation_interval``: the trainer's own validation, ``eval_samples`` sampled episodes per dialogue).
+  ``noisy:P:rule`` training judge (:class:`cm2_env.judge.NoisyJudge`): each verdict flipped with probability p,
+  seeded; validation is always judged by the clean rule judge (``validation_judge``).
+- Training dialogues: :data:`TRAIN` dialogues whose first :data:`TURNS` turns have checklist items; validation:
+  the next :data:`VALIDATION` ones, held out from RL (not from SFT), measured before training and every
+  ``--interval`` steps (``validation_dialogues``, ``validation_interval``: the trainer's own validation,
+  ``eval_samples`` sampled episodes per dialogue).
 - Each run is ``cm2 train --config`` in its own process (``--workers`` at a time, one thread each), writing
   ``DIR/runs/<name>``. A finished run is skipped when the study is run again; an interrupted one resumes from
   its last checkpoint. Then ``DIR/results.json``, ``DIR/table.md`` and ``DIR/figure3.png`` (validation reward vs
@@ -42,6 +46,7 @@ GROUP_SIZES = (4, 8, 16)
 NOISE = (0.05, 0.15)
 NOISE_G = 8
 TRAIN, VALIDATION = 24, 8
+TURNS = 2
 
 
 @dataclass(frozen=True)
@@ -67,10 +72,12 @@ def grid(seeds: list[int], quick: bool = False) -> list[Run]:
 
 
 def split(quick: bool) -> tuple[list[str], list[str]]:
-    """Training and held-out validation dialogue ids: first-turn dialogues in bundled order."""
+    """Training and held-out validation dialogue ids: dialogues whose first TURNS turns have items, in bundled
+    order."""
     from cm2_env.data import load_dialogues
 
-    ids = [d.id for d in load_dialogues("tooltalk") if d.checklist() and d.checklist()[0]]
+    ids = [d.id for d in load_dialogues("tooltalk")
+           if len(d.checklist()) >= TURNS and all(d.checklist()[t] for t in range(TURNS))]
     n_train, n_val = (2, 2) if quick else (TRAIN, VALIDATION)
     return ids[:n_train], ids[n_train:n_train + n_val]
 
@@ -104,7 +111,8 @@ def run_config(run: Run, start: Path, out: Path, args: argparse.Namespace, train
     values.update(
         model=str(start), output_dir=str(out / "runs" / run.name), seed=run.seed,
         advantage_level=run.assignment, group_size=run.group_size,
-        judge="rule" if run.noise == 0 else f"noisy:{run.noise:g}:rule",
+        judge="rule" if run.noise == 0 else f"noisy:{run.noise:g}:rule", validation_judge="rule",
+        max_turns=TURNS, strict=False, max_actions=3 * TURNS,
         dialogue_ids=train_ids, prompts_per_step=args.prompts, steps=args.steps,
         validation_dialogues=validation_ids, validation_interval=args.interval, eval_dialogues=0,
         eval_samples=args.eval_samples, eval_temperature=1.0, checkpoint_interval=max(1, args.steps // 3),
