@@ -64,3 +64,32 @@ def test_the_spec_names_the_probability_and_the_inner_judge():
     with pytest.raises(ValueError, match=r"\[0, 1\]"):
         NoisyJudge(RuleJudge(), -0.1)
     asyncio.run(judge.aclose())
+
+
+def test_a_turn_draws_once_per_item_so_padding_it_with_actions_buys_no_false_pass():
+    from cm2_env.judge import JudgeRequest
+
+    dialogue = load_dialogues("tooltalk")[0]
+    messages = dialogue.to_record()["messages"]
+    user, first = messages[1], {"role": "assistant", "content": "Let me check."}
+    judge = NoisyJudge(RuleJudge(), 0.5, seed=1)
+    items = dialogue.checklist()[0]
+    one = JudgeRequest(dialogue, 0, 1, items, messages[:1], [user, first])
+    padded = [JudgeRequest(dialogue, 0, k, items, messages[:1],
+                           [user, first] + [{"role": "assistant", "content": f"more {i}"} for i in range(k - 1)])
+              for k in range(2, 6)]
+    for item in items:  # the same inversion at every action of the turn
+        assert {judge.flips(request, item.id) for request in padded} == {judge.flips(one, item.id)}
+    other_first = JudgeRequest(dialogue, 0, 1, items, messages[:1], [user, {"role": "assistant", "content": "No."}])
+    draws = [(judge.flips(one, i.id), judge.flips(other_first, i.id)) for i in items]
+    assert any(a != b for a, b in draws) or len(items) < 3  # another first action: another draw
+
+
+def test_the_trainer_gives_a_noisy_judge_the_run_s_seed():
+    from train.config import GRPOConfig
+    from train.grpo import env_kwargs
+
+    config = GRPOConfig(model="m", judge="noisy:0.1:rule", seed=5)
+    assert env_kwargs(config)["judge_options"] == {"noise_seed": 5}
+    assert "judge_options" not in env_kwargs(GRPOConfig(model="m", judge="rule", seed=5))
+

@@ -112,6 +112,12 @@ def test_held_out_validation_is_logged_before_training_every_interval_and_at_the
     train(noisy, dialogues=dialogues[:2] + dialogues[10:12])
     first = json.loads((tmp_path / "n" / "metrics.jsonl").read_text().splitlines()[0])
     assert first["step"] == 0 and first["validation/mean_reward"] == rows[0]["validation/mean_reward"]
-    with pytest.raises(Exception, match="validation_judge"):
+    from train.config import ConfigError
+
+    with pytest.raises(ConfigError, match="validation_judge"):
         config.updated(validation_judge="replay")
+    with pytest.raises(ConfigError, match="validation_dialogues.*training dialogues too"):
+        config.updated(dialogue_ids=held_out[:1])
+    with pytest.raises(ConfigError, match="validation_interval.*validation_dialogues is empty"):
+        config.updated(validation_dialogues=[])
 

@@ -315,6 +315,13 @@ class GRPOConfig(RunConfig):
         if self.group_size < 2:
             fail("group_size", f"GRPO needs at least 2 rollouts per dialogue, got {self.group_size}",
                  "use 8 or more (paper: 24 or 48)")
+        if self.validation_interval and not self.validation_dialogues:
+            fail("validation_interval", "is set but validation_dialogues is empty",
+                 "name the held-out dialogues in validation_dialogues, or set validation_interval: 0")
+        overlap = sorted(set(self.validation_dialogues) & set(self.dialogue_ids))
+        if overlap:
+            fail("validation_dialogues", f"{overlap[:3]} are training dialogues too (dialogue_ids)",
+                 "validate on dialogues the run does not train on")
         for name, role in (("simulator", "simulator"), ("judge", "judge"), ("validation_judge", "judge")):
             if name == "validation_judge" and not self.validation_judge:
                 continue

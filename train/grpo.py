@@ -105,6 +105,8 @@ def env_kwargs(config: GRPOConfig, max_turns: int | None = None) -> dict[str, An
     return {
         "simulator": config.simulator,
         "judge": config.judge,
+        # a noisy judge's errors depend on the run's seed: seeds see different error patterns
+        **({"judge_options": {"noise_seed": config.seed}} if config.judge.strip().startswith("noisy:") else {}),
         "strict": config.strict,
         "normaliser": config.normaliser,
         "max_turns": max_turns or config.max_turns,

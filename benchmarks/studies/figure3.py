@@ -56,9 +56,11 @@ class Run:
     noise: float
     seed: int
 
+    quick: bool = False
+
     @property
     def name(self) -> str:
-        return f"{self.assignment}-G{self.group_size}-p{self.noise:g}-s{self.seed}"
+        return f"{'quick-' if self.quick else ''}{self.assignment}-G{self.group_size}-p{self.noise:g}-s{self.seed}"
 
 
 def grid(seeds: list[int], quick: bool = False) -> list[Run]:
@@ -67,18 +69,18 @@ def grid(seeds: list[int], quick: bool = False) -> list[Run]:
     assignments, sizes, noise, noise_g = ((("step", "trajectory"), (2, 4), (0.15,), 2) if quick
                                           else (ASSIGNMENTS, GROUP_SIZES, NOISE, NOISE_G))
     # seed by seed: an interrupted study has whole seeds of every configuration
-    return [run for s in seeds for run in ([Run(a, g, 0.0, s) for a in assignments for g in sizes]
-                                           + [Run(a, noise_g, p, s) for a in assignments for p in noise])]
+    return [run for s in seeds for run in ([Run(a, g, 0.0, s, quick) for a in assignments for g in sizes]
+                                           + [Run(a, noise_g, p, s, quick) for a in assignments for p in noise])]
 
 
-def split(quick: bool) -> tuple[list[str], list[str]]:
+def split(quick: bool, validation: int = VALIDATION) -> tuple[list[str], list[str]]:
     """Training and held-out validation dialogue ids: dialogues whose first TURNS turns have items, in bundled
     order."""
     from cm2_env.data import load_dialogues
 
     ids = [d.id for d in load_dialogues("tooltalk")
            if len(d.checklist()) >= TURNS and all(d.checklist()[t] for t in range(TURNS))]
-    n_train, n_val = (2, 2) if quick else (TRAIN, VALIDATION)
+    n_train, n_val = (2, 2) if quick else (TRAIN, validation)
     return ids[:n_train], ids[n_train:n_train + n_val]
 
 
@@ -132,11 +134,17 @@ def finished(folder: Path, steps: int) -> bool:
 
 
 def launch(run: Run, config: dict[str, Any], out: Path, steps: int) -> dict[str, Any]:
-    """Run (or resume, or skip) one ``cm2 train --config``; returns its name, status and seconds."""
+    """Run (or resume, or skip) one ``cm2 train --config``; returns its name, status and seconds. A run folder
+    remembers its config (``study_config.json``): one made with other settings is refused, never mixed."""
     folder = Path(config["output_dir"])
+    stamp = folder / "study_config.json"
+    if stamp.is_file() and json.loads(stamp.read_text()) != config:
+        return {"run": run.name, "status": f"refused: {folder} was made with other settings (pass another --out, "
+                                          "or delete the folder to run it again)", "seconds": 0.0}
     if finished(folder, steps):
         return {"run": run.name, "status": "done before", "seconds": 0.0}
     folder.mkdir(parents=True, exist_ok=True)
+    stamp.write_text(json.dumps(config, indent=1, sort_keys=True))
     config_path = out / "configs" / f"{run.name}.yaml"
     config_path.parent.mkdir(parents=True, exist_ok=True)
     resume = "auto" if (folder / "checkpoints").is_dir() else ""
@@ -151,12 +159,13 @@ def launch(run: Run, config: dict[str, Any], out: Path, steps: int) -> dict[str,
             "seconds": round(time.perf_counter() - started, 1)}
 
 
-def curves(out: Path, runs: list[Run]) -> dict[str, dict[str, Any]]:
-    """Per run: validation reward by step (step 0 = before training) and training reward by step."""
+def curves(out: Path, runs: list[Run], steps: int) -> dict[str, dict[str, Any]]:
+    """Per finished run: validation reward by step (step 0 = before training) and training reward by step.
+    Unfinished or failed runs are left out (a seed's partial curve would cut its configuration's band short)."""
     results = {}
     for run in runs:
         metrics = out / "runs" / run.name / "metrics.jsonl"
-        if not metrics.is_file():
+        if not finished(metrics.parent, steps):
             continue
         rows = [json.loads(line) for line in metrics.read_text().splitlines() if line.strip()]
         results[run.name] = {
@@ -199,8 +208,8 @@ def table(results: dict[str, dict[str, Any]]) -> str:
     groups: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
     for r in results.values():
         groups.setdefault((r["assignment"], r["group_size"], r["noise"]), []).append(r)
-    lines = ["| assignment | G | p | seeds | val. before | val. best | val. last | last - best | train reward (last 1/4) |",
-             "|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| assignment | G | p | seeds | last step | val. before | val. best | val. last | last - best | "
+             "train reward (last 1/4) |", "|---|---|---|---|---|---|---|---|---|---|"]
     for (assignment, g, p), members in sorted(groups.items()):
         steps, mean, _, _ = band(members)
         if not steps:
@@ -208,7 +217,7 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         train_steps = sorted(set.intersection(*(set(m["train"]) for m in members)))
         tail = train_steps[-max(1, len(train_steps) // 4):]
         train_tail = statistics.fmean(statistics.fmean(m["train"][s] for s in tail) for m in members) if tail else 0
-        lines.append(f"| {assignment} | {g} | {p:g} | {len(members)} | {mean[0]:.3f} | {max(mean):.3f} | "
+        lines.append(f"| {assignment} | {g} | {p:g} | {len(members)} | {steps[-1]} | {mean[0]:.3f} | {max(mean):.3f} | "
                      f"{mean[-1]:.3f} | {mean[-1] - max(mean):+.3f} | {train_tail:.3f} |")
     return "\n".join(lines) + "\n"
 
@@ -246,6 +255,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--interval", type=int, default=5, help="steps between validations")
     parser.add_argument("--prompts", type=int, default=4, help="dialogues per GRPO step")
     parser.add_argument("--eval-samples", type=int, default=4, help="sampled episodes per validation dialogue")
+    parser.add_argument("--validation", type=int, default=VALIDATION,
+                        help="held-out validation dialogues (more: a less noisy curve, a slower validation)")
     parser.add_argument("--workers", type=int, default=2, help="runs in parallel (one CPU thread each)")
     args = parser.parse_args(argv)
     if args.quick:
@@ -255,7 +266,7 @@ def main(argv: list[str] | None = None) -> int:
     (out / "logs").mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
     start = prepare_start(out, args.quick)
-    train_ids, validation_ids = split(args.quick)
+    train_ids, validation_ids = split(args.quick, args.validation)
     runs = grid(seeds, args.quick)
     print(f"figure3: {len(runs)} runs, {args.workers} at a time, {args.steps} steps each -> {out}", file=sys.stderr)
     done = 0
@@ -270,7 +281,7 @@ def main(argv: list[str] | None = None) -> int:
             statuses.append(status)
             print(f"[{done}/{len(runs)}] {status['run']}: {status['status']} ({status['seconds']} s)",
                   file=sys.stderr, flush=True)
-    results = curves(out, runs)
+    results = curves(out, runs, args.steps)
     wall = round(time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps({"runs": results, "statuses": statuses, "wall_s": wall,
                                                   "args": {k: str(v) for k, v in vars(args).items()},
@@ -279,6 +290,8 @@ def main(argv: list[str] | None = None) -> int:
     (out / "table.md").write_text(table(results))
     plot(results, out / "figure3.png", args.quick)
     failed = [s for s in statuses if not s["status"].startswith(("ok", "done"))]
+    for status in failed:
+        print(f"{status['run']}: {status['status']}", file=sys.stderr)
     print(table(results))
     print(f"wall {wall} s; results in {out}/results.json, table.md, figure3.png", file=sys.stderr)
     return 1 if failed else 0

@@ -23,7 +23,7 @@ from cm2_env.judge.hybrid import HybridJudge
 from cm2_env.judge.llm import LLMChecklistJudge
 from cm2_env.judge.noisy import NoisyJudge
 from cm2_env.judge.rule import RuleJudge
-from cm2_env.specs import check_options, parse
+from cm2_env.specs import check_options, noisy_parts, parse
 
 __all__ = [
     "ChecklistJudge", "JudgeRequest", "Verdict", "RuleJudge", "LLMChecklistJudge", "HybridJudge", "NoisyJudge",
@@ -41,8 +41,6 @@ def make_judge(spec: str | ChecklistJudge = "rule", **options: Any) -> Checklist
         return spec
     parsed = parse(spec, "judge")
     if parsed.kind == "noisy":
-        from cm2_env.specs import noisy_parts
-
         p, inner = noisy_parts(parsed.value)
         options = dict(options)
         seed = options.pop("noise_seed", 0)
