@@ -1,4 +1,6 @@
-"""Shared fixtures: a REAL vLLM server on the CPU for tests marked ``vllm_cpu``.
+"""Shared fixtures: a REAL vLLM server on the CPU for tests marked ``vllm_cpu``; and hypothesis made
+deterministic (the same examples on every run, no example database), so that a property test can fail only
+when the code changes, never by the luck of a draw on a CI run.
 
 Needs the separate venv made by ``scripts/setup_vllm_cpu.sh`` (``$CM2_VLLM_PYTHON``, default
 ``.venv-vllm/bin/python``); the tests that use it skip with a reason when it is absent. The model comes from
@@ -19,6 +21,10 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
+
+settings.register_profile("cm2", derandomize=True, database=None)
+settings.load_profile("cm2")
 
 REPO = Path(__file__).resolve().parents[1]
 VLLM_PYTHON = Path(os.environ.get("CM2_VLLM_PYTHON", REPO / ".venv-vllm" / "bin" / "python"))

@@ -77,3 +77,13 @@ def test_deep_nesting_and_huge_input_do_not_raise():
     assert extract_json("{" * 50_000 + '"a": 1' + "}" * 50_000) is None
     assert extract_json("x" * 2_000_000 + '{"late": true}') is None  # beyond MAX_CHARS: bounded work
     assert extract_json("{ " * 100 + '{"found": 1}') == {"found": 1}  # many broken starts, within the budget
+
+
+def test_a_think_tag_inside_the_answer_s_own_json_is_not_taken_for_the_end_of_reasoning():
+    # found by the property test above on a random draw: the key holds the closing tag
+    assert extract_json('0{"</think>": null}') == {"</think>": None}
+    assert extract_json('Answer: {"note": "see </think> here", "passed": true}') == {"note": "see </think> here",
+                                                                                  "passed": True}
+    # JSON drafted in reasoning that a template opened is still never the answer
+    assert extract_json('draft {"passed": true} </think> I cannot decide.') is None
+

@@ -5,8 +5,9 @@ raises, whatever the input (garbage, huge, deeply nested, not a string). Recover
 
 1. the whole text parsed as JSON as it is, or else once reasoning is dropped: closed ``<think>...</think>`` blocks; a text that
    opens with an unclosed ``<think>`` is all reasoning (a model cut off mid-thought has given no answer: None);
-   a text that does not start with JSON but holds a ``</think>`` keeps what follows the last one (templates that
-   open the block in the prompt);
+   a text that does not start with JSON but holds a ``</think>`` keeps what follows the first one (templates that
+   open the block in the prompt) -- unless nothing can be recovered there and a JSON container spans that
+   ``</think>`` (it was inside the answer's own JSON, e.g. a key);
 2. the body of each Markdown code fence (```` ```json ... ``` ```` or a bare fence), in order;
 3. the first ``{...}`` or ``[...]`` that parses, scanning left to right (prose before and after is ignored);
 4. steps 2-3 again with trailing commas before ``}``/``]`` removed (a common LLM slip).
@@ -104,9 +105,38 @@ def recover_json(text: Any) -> Any:
     whole = _loads(text[:MAX_CHARS].strip())
     if whole is not _NOT_FOUND:
         return whole  # a JSON document, even one whose strings mention <think>
-    text, spans = _answer_region(text[:MAX_CHARS])
+    capped = text[:MAX_CHARS]
+    region, spans = _answer_region(capped)
+    value = _recover_in(region, spans)
+    if value is _NOT_FOUND and region != capped:
+        value = _container_across(capped, capped.index("</think>"))
+    return None if value is _NOT_FOUND else value
+
+
+def _container_across(text: str, cut: int) -> Any:
+    """A ``{...}``/``[...]`` that starts before ``cut`` and ends after it: the ``</think>`` at ``cut`` was inside
+    the answer's own JSON (a key or a string), not the end of a reasoning block. ``_NOT_FOUND`` otherwise, so
+    JSON drafted in the reasoning is never taken for the answer."""
+    position, tried = 0, 0
+    while tried < MAX_CANDIDATES:
+        starts = [i for i in (text.find("{", position, cut), text.find("[", position, cut)) if i >= 0]
+        if not starts:
+            return _NOT_FOUND
+        start = min(starts)
+        position, tried = start + 1, tried + 1
+        try:
+            value, end = _DECODER.raw_decode(text, start)
+        except (ValueError, RecursionError):
+            continue
+        if end > cut:
+            return value
+    return _NOT_FOUND
+
+
+def _recover_in(text: str, spans: list[tuple[int, int]]) -> Any:
+    """Steps 1-4 of the module docstring on ``text`` (reasoning ``spans`` excluded); ``_NOT_FOUND`` if none."""
     if not text.strip():
-        return None
+        return _NOT_FOUND
     if spans:
         value = _loads(_THINK.sub("", text).strip())
         if value is not _NOT_FOUND:
@@ -120,4 +150,4 @@ def recover_json(text: Any) -> Any:
         value = _search(candidate_text, spans)
         if value is not _NOT_FOUND:
             return value
-    return None
+    return _NOT_FOUND
