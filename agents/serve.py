@@ -16,8 +16,9 @@ Contract:
 - The policy is any agent (:class:`agents.base.Agent`): ``hf:PATH`` models (concurrent requests are batched by
   the agent), endpoints, ``replay`` and ``probe:`` agents, Python objects. It gets the context the env would give:
   ``turn`` (user messages so far, minus one), ``action`` (assistant messages since the last user message) and
-  ``dialogue_id`` -- from ``metadata.dialogue_id``, or, for policies that play bundled dialogues (``replay``), found
-  by the first user message.
+  ``dialogue_id`` -- from ``metadata.dialogue_id``, or, for policies that play bundled dialogues (``replay``,
+  ``probe:``), found by the first user message; such a policy answers 400 (``code: "unknown_dialogue"``) to a
+  request whose dialogue is not one it was given.
 - Errors are OpenAI-shaped (``{"error": {"message", "type", "param", "code"}}``): 400 for a bad request or a
   prompt longer than the policy's context (the message says "maximum context length", which OpenAI clients and
   cm2's endpoint agent recognise), 401 without the API key when one is set, 404 for another model, 500 when the
@@ -84,6 +85,7 @@ class ChatServer:
             if user is not None:
                 firsts.setdefault(user.text.strip(), []).append(dialogue.id)
         self._by_first_user = {text: ids[0] for text, ids in firsts.items() if len(ids) == 1}
+        self._known = {dialogue.id for dialogue in self.dialogues}
 
     async def complete(self, body: Any) -> dict[str, Any]:
         """The ``chat.completion`` for a request body (raises :class:`RequestError`)."""
@@ -148,6 +150,14 @@ class ChatServer:
         dialogue_id = (request.get("metadata") or {}).get("dialogue_id")
         if dialogue_id is None and users:
             dialogue_id = self._by_first_user.get((messages[users[0]].get("content") or "").strip())
+        if self._known and dialogue_id is None:
+            raise RequestError(400, "this policy plays bundled dialogues and no bundled dialogue begins with this "
+                               "request's first user message: send the dialogue's own first user message, or name "
+                               "it in metadata.dialogue_id", param="messages", code="unknown_dialogue")
+        if self._known and str(dialogue_id) not in self._known:
+            raise RequestError(400, f"metadata.dialogue_id {str(dialogue_id)[:200]!r} is not a bundled dialogue of "
+                               "this server (see the dataset it was started with)", param="metadata",
+                               code="unknown_dialogue")
         if dialogue_id is not None:
             context["dialogue_id"] = str(dialogue_id)
         if request.get("seed") is not None:

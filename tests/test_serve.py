@@ -188,6 +188,10 @@ def test_tool_choice_none_hides_the_tools_and_a_forced_call_or_a_malformed_body_
         with pytest.raises(BadRequestError, match="tool_choice"):
             client.chat.completions.create(model="cm2-policy", messages=info["messages"], tools=info["tools"],
                                            tool_choice="required")
+        for unknown in ({"model": "cm2-policy", "messages": [{"role": "user", "content": "a dialogue nobody wrote"}]},
+                        {"model": "cm2-policy", "messages": info["messages"], "metadata": {"dialogue_id": "nope"}}):
+            refused = httpx.post(f"{url}/chat/completions", json=unknown)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (400, "unknown_dialogue"), unknown
         bad_bodies = [{"model": "cm2-policy", "messages": 5}, {"messages": info["messages"]},
                       {"model": "cm2-policy", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}]
         for body in bad_bodies:
