@@ -6,19 +6,16 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 from pathlib import Path
 
 import pytest
 
-CHROMIUM = os.environ.get("CM2_CHROMIUM") or shutil.which("chromium") or shutil.which("chromium-browser")
+from tests.support.headless_chromium import MISSING, chromium_path, launch
+
+CHROMIUM = chromium_path()
 playwright_api = pytest.importorskip("playwright.sync_api", reason="playwright is not installed (the dev extra has it)")
-pytestmark = pytest.mark.skipif(CHROMIUM is None, reason="no Chromium: install Debian's `chromium` package "
-                                                         "(.ci/run does) or set CM2_CHROMIUM to its path")
+pytestmark = pytest.mark.skipif(CHROMIUM is None, reason=MISSING)
 ARTIFACTS = Path(os.environ.get("CM2_TEST_ARTIFACTS") or Path(__file__).resolve().parents[1] / ".artifacts") / "view"
-# Flags for a root user on a machine without a network: no sandbox, no GPU, no background connections.
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
 
 
 @pytest.fixture(scope="module")
@@ -52,7 +49,7 @@ def training_report(tmp_path_factory):
 def browser(replay_report, training_report):
     # Playwright's sync API runs an event loop on this thread: the runs above (asyncio) are made first.
     with playwright_api.sync_playwright() as p:
-        chromium = p.chromium.launch(executable_path=CHROMIUM, args=FLAGS)
+        chromium = launch(p, CHROMIUM)
         yield chromium
         chromium.close()
 

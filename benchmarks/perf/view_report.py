@@ -12,10 +12,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
+import sys
 import tempfile
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+
+from tests.support.headless_chromium import MISSING, chromium_path, launch  # noqa: E402
 
 
 def make_run(folder: Path, episodes: int) -> None:
@@ -45,7 +49,7 @@ def main() -> None:
 
     from cm2_env.view import build_report
 
-    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    chromium = chromium_path()
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         make_run(folder, args.episodes)
@@ -57,9 +61,7 @@ def main() -> None:
                   "report_mb": round(stats["bytes"] / 1e6, 2), "build_s": round(build_s, 2)}
         if chromium:
             with sync_playwright() as p:
-                browser = p.chromium.launch(executable_path=chromium, args=[
-                    "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
-                    "--disable-component-update", "--disable-sync", "--no-first-run"])
+                browser = launch(p, chromium)
                 page = browser.new_page()
                 started = time.perf_counter()
                 page.goto((folder / "report.html").as_uri())
@@ -72,6 +74,8 @@ def main() -> None:
                 page.wait_for_selector(".episode", timeout=600_000)
                 result["open_last_episode_s"] = round(time.perf_counter() - started, 2)
                 browser.close()
+        else:
+            print(f"load and click times not measured: {MISSING}")
     for key, value in result.items():
         print(f"{key}: {value}")
     if args.json:
