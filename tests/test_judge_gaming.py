@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import random
+import re
 
 import pytest
 
@@ -138,3 +139,35 @@ def test_argument_values_with_junk_appended_do_not_match():
                 still += bool(verdicts[item.id].passed)
     # what still passes are items that ask only about arguments that are not strings (lists, numbers)
     assert honest > 150 and still / honest < 0.3
+
+
+def _gibberish(rng: random.Random) -> str:
+    return " ".join("".join(rng.choice("abcdefghijklmnopqrstuvwxyz") for _ in range(rng.randint(2, 10)))
+                    for _ in range(rng.randint(3, 20)))
+
+
+@pytest.mark.parametrize("make", [
+    lambda rng, reply, user, outputs: _gibberish(rng),
+    lambda rng, reply, user, outputs: rng.choice(["Done.", "All set!", "I have completed your request successfully.",
+                                                  "Everything you asked for is taken care of and confirmed."]),
+], ids=["gibberish", "bare-success-claim"])
+def test_gibberish_and_bare_success_claims_pass_no_reply_item(make):
+    passed, asked = _pass_rate(make)
+    assert asked > 250 and passed / asked <= 0.01, (passed, asked)
+
+
+def _shuffled_words(rng: random.Random, texts: list[str], limit: int = 40) -> str:
+    pool = [w for text in texts for w in re.findall(r"[\w@.:/-]+", text)]
+    return " ".join(rng.sample(pool, min(limit, len(pool))))
+
+
+@pytest.mark.xfail(strict=True, reason="known hole (docs/judges.md): the rule judge reads values and words, not "
+                                       "word order, so the user's or the tool outputs' words shuffled into a "
+                                       "reply pass a quarter to a third of reply items; a hybrid or LLM judge "
+                                       "is needed where a policy could learn that. Strict: when the rules learn "
+                                       "word order this test passes, and the docs must change with it")
+@pytest.mark.parametrize("source", ["user", "tool-outputs"])
+def test_shuffled_words_of_the_conversation_pass_at_most_5_percent_of_reply_items(source):
+    passed, asked = _pass_rate(lambda rng, reply, user, outputs: _shuffled_words(
+        rng, [user] if source == "user" else outputs))
+    assert asked > 250 and passed / asked <= 0.05, (passed, asked)
