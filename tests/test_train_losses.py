@@ -14,7 +14,7 @@ from agents.token_path import token_logprobs
 from cm2_env.reward import replay_histories
 from train.config import GRPOConfig
 from train.grpo import action_advantages, training_sequences
-from train.grpo import grpo_loss, k3_kl, ppo_clip_terms
+from train.update import grpo_loss, k3_kl, ppo_clip_terms
 from train.sequences import collate, dialogue_sequences, episode_sequences, micro_batches
 
 
@@ -244,7 +244,7 @@ def test_token_logprobs_use_the_sampling_temperature_and_report_entropy():
 
 
 def test_loss_aggregations_weigh_tokens_as_their_formulas_say():
-    from train.grpo import sequence_token_weights
+    from train.update import sequence_token_weights
 
     assert sequence_token_weights([2, 6], "token-mean") == pytest.approx([1 / 8, 1 / 8])
     assert sequence_token_weights([2, 6], "seq-mean-token-mean") == pytest.approx([1 / 4, 1 / 12])

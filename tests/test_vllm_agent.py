@@ -19,7 +19,7 @@ from cm2_env.llm.completion import InvalidCompletion, parse_text_completion
 from tests.support.scripted_server import ScriptedServer
 from tests.support.tiny_models import micro_model_dir
 from train.config import ConfigError, GRPOConfig
-from train.grpo import logprob_gap
+from train.update import logprob_gap
 from train.policy import load_tokenizer
 from train.sequences import TokenSequence
 

@@ -5,7 +5,7 @@ level); no download, no environment, no judge: prompts are random token ids, and
 numbers, so this measures the harness's GPU cost (sampling with ``generate``, the logprob bookkeeping, the
 reference forward for the KL term, the PPO-clip update under bf16 autocast with gradient checkpointing) and
 nothing about learning. It uses the same functions the trainer does: :func:`train.sequences.episode_sequences`,
-:func:`train.grpo.fill_logprobs` and :func:`train.grpo.ppo_update`.
+:func:`train.update.fill_logprobs` and :func:`train.update.ppo_update`.
 
 Run: ``python benchmarks/gpu/grpo_gpu_check.py [--steps 3] [--prompts 8] [--group 8] [--prompt-len 1024]
 [--new-tokens 256] [--micro-batch-tokens 16384] [--json]``. The last line is a JSON object with the numbers.
@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # run from anywher
 import torch  # noqa: E402
 
 from train.config import GRPOConfig  # noqa: E402
-from train.grpo import fill_logprobs, ppo_update  # noqa: E402
+from train.update import fill_logprobs, ppo_update  # noqa: E402
 from train.policy import ReferencePolicy, make_optimizer, make_scheduler  # noqa: E402
 from train.sequences import episode_sequences  # noqa: E402
 
