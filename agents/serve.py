@@ -68,8 +68,9 @@ class RequestError(Exception):
 @dataclass
 class ChatServer:
     """What the app serves: ``agent`` under ``model_name``. ``dialogues``: for a policy that plays bundled
-    dialogues (``replay``), a request's dialogue is the one whose first user message it repeats. ``api_key``
-    (if set) is required as ``Authorization: Bearer KEY``."""
+    dialogues (``replay``, ``probe:``), a request's dialogue is the one whose first user message it repeats or
+    that ``metadata.dialogue_id`` names; given dialogues, the server refuses (400) any request for another one,
+    so pass them only for such policies. ``api_key`` (if set) is required as ``Authorization: Bearer KEY``."""
 
     agent: Agent
     model_name: str = "cm2-policy"
@@ -85,6 +86,7 @@ class ChatServer:
             if user is not None:
                 firsts.setdefault(user.text.strip(), []).append(dialogue.id)
         self._by_first_user = {text: ids[0] for text, ids in firsts.items() if len(ids) == 1}
+        self._shared_first_user = {text for text, ids in firsts.items() if len(ids) > 1}
         self._known = {dialogue.id for dialogue in self.dialogues}
 
     async def complete(self, body: Any) -> dict[str, Any]:
@@ -148,12 +150,15 @@ class ChatServer:
             "action": sum(m["role"] == "assistant" for m in messages[(users[-1] + 1 if users else 0):]),
         }
         dialogue_id = (request.get("metadata") or {}).get("dialogue_id")
+        first = (messages[users[0]].get("content") or "").strip() if users else ""
         if dialogue_id is None and users:
-            dialogue_id = self._by_first_user.get((messages[users[0]].get("content") or "").strip())
+            dialogue_id = self._by_first_user.get(first)
         if self._known and dialogue_id is None:
-            raise RequestError(400, "this policy plays bundled dialogues and no bundled dialogue begins with this "
-                               "request's first user message: send the dialogue's own first user message, or name "
-                               "it in metadata.dialogue_id", param="messages", code="unknown_dialogue")
+            which = ("several bundled dialogues begin with this request's first user message: name one in "
+                     "metadata.dialogue_id" if first in self._shared_first_user else
+                     "this policy plays bundled dialogues and no bundled dialogue begins with this request's first "
+                     "user message: send the dialogue's own first user message, or name it in metadata.dialogue_id")
+            raise RequestError(400, which, param="messages", code="unknown_dialogue")
         if self._known and str(dialogue_id) not in self._known:
             raise RequestError(400, f"metadata.dialogue_id {str(dialogue_id)[:200]!r} is not a bundled dialogue of "
                                "this server (see the dataset it was started with)", param="metadata",

@@ -4,7 +4,8 @@ match. The reference's own tool calls run first, so every fact a reply item asks
 is the gaming reply alone.
 
 Each kind is attacked with the phrasings of agents.probes and with phrasings written only here, so that the
-judge is not tuned to one wording."""
+judge is not tuned to one wording. One kind is a known hole, kept as a strict expected failure: words of the
+conversation shuffled into a reply (the rules read values and words, not word order; docs/judges.md)."""
 
 from __future__ import annotations
 
@@ -161,7 +162,7 @@ def _shuffled_words(rng: random.Random, texts: list[str], limit: int = 40) -> st
     return " ".join(rng.sample(pool, min(limit, len(pool))))
 
 
-@pytest.mark.xfail(strict=True, reason="known hole (docs/judges.md): the rule judge reads values and words, not "
+@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known hole (docs/judges.md): the rule judge reads values and words, not "
                                        "word order, so the user's or the tool outputs' words shuffled into a "
                                        "reply pass a quarter to a third of reply items; a hybrid or LLM judge "
                                        "is needed where a policy could learn that. Strict: when the rules learn "
@@ -170,4 +171,6 @@ def _shuffled_words(rng: random.Random, texts: list[str], limit: int = 40) -> st
 def test_shuffled_words_of_the_conversation_pass_at_most_5_percent_of_reply_items(source):
     passed, asked = _pass_rate(lambda rng, reply, user, outputs: _shuffled_words(
         rng, [user] if source == "user" else outputs))
-    assert asked > 250 and passed / asked <= 0.05, (passed, asked)
+    if asked <= 250:  # a broken case list is an error, never an expected failure
+        raise RuntimeError(f"only {asked} reply items were asked")
+    assert passed / asked <= 0.05, (passed, asked)

@@ -188,10 +188,6 @@ def test_tool_choice_none_hides_the_tools_and_a_forced_call_or_a_malformed_body_
         with pytest.raises(BadRequestError, match="tool_choice"):
             client.chat.completions.create(model="cm2-policy", messages=info["messages"], tools=info["tools"],
                                            tool_choice="required")
-        for unknown in ({"model": "cm2-policy", "messages": [{"role": "user", "content": "a dialogue nobody wrote"}]},
-                        {"model": "cm2-policy", "messages": info["messages"], "metadata": {"dialogue_id": "nope"}}):
-            refused = httpx.post(f"{url}/chat/completions", json=unknown)
-            assert (refused.status_code, refused.json()["error"]["code"]) == (400, "unknown_dialogue"), unknown
         bad_bodies = [{"model": "cm2-policy", "messages": 5}, {"messages": info["messages"]},
                       {"model": "cm2-policy", "messages": [{"role": "user", "content": [{"type": "text", "text": 5}]}]}]
         for body in bad_bodies:
@@ -232,3 +228,24 @@ def test_cm2_serve_prints_its_url_logs_without_secrets_and_stops_cleanly_on_sigt
     log = "".join(lines) + rest
     assert "POST /v1/chat/completions 200" in log and "cm2 serve: stopped" in log
     assert "k-9f8e7d" not in log and "Calendar" not in log  # no key, no message text
+
+
+def test_a_replay_request_for_a_dialogue_the_server_was_not_given_is_a_400_that_says_how_to_name_one(dialogues):
+    import httpx
+
+    info = _first_observation()
+    with serve_in_thread(ChatServer(ReplayAgent(dialogues), dialogues=dialogues)) as url:
+        for unknown in ({"model": "cm2-policy", "messages": [{"role": "user", "content": "a dialogue nobody wrote"}]},
+                        {"model": "cm2-policy", "messages": info["messages"], "metadata": {"dialogue_id": "nope"}},
+                        {"model": "cm2-policy", "messages": info["messages"], "metadata": {"dialogue_id": 5}}):
+            refused = httpx.post(f"{url}/chat/completions", json=unknown)
+            assert (refused.status_code, refused.json()["error"]["code"]) == (400, "unknown_dialogue"), unknown
+            assert "metadata.dialogue_id" in refused.json()["error"]["message"]
+        known = httpx.post(f"{url}/chat/completions", json={"model": "cm2-policy", "messages": info["messages"]})
+        assert known.status_code == 200
+    twins = [dialogues[0], dialogues[0].model_copy(update={"id": "twin"})]
+    with serve_in_thread(ChatServer(ReplayAgent(twins), dialogues=twins)) as url:
+        first_user = next(m.text for m in twins[0].messages if m.role == "user")
+        refused = httpx.post(f"{url}/chat/completions", json={"model": "cm2-policy", "messages": [
+            {"role": "user", "content": first_user}]})
+        assert refused.status_code == 400 and "several bundled dialogues" in refused.json()["error"]["message"]

@@ -202,7 +202,7 @@ def training_sequences(episodes: Sequence[Any], advantages: Sequence[list[float]
 
 
 # ---------------------------------------------------------------------------------------------------------
-# 4. log, and the loop that ties rollout, advantages and the update (train.update) together
+# 6. log, and the loop that ties 1-5 together (4, loss, and 5, update, are in train.update)
 # ---------------------------------------------------------------------------------------------------------
 
 

@@ -1,7 +1,7 @@
 """The trainable policy: loading, optional LoRA, the frozen reference, autocast, optimizer and per-token logprobs.
 
-Everything here is model plumbing shared by SFT and GRPO; the algorithms live in :mod:`train.sft` and
-:mod:`train.grpo`. Models are local Hugging Face folders only (no hub downloads: ``local_files_only``).
+Everything here is model plumbing shared by SFT and GRPO; the algorithms live in :mod:`train.sft`,
+:mod:`train.grpo` and :mod:`train.update`. Models are local Hugging Face folders only (no hub downloads: ``local_files_only``).
 """
 
 from __future__ import annotations

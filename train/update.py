@@ -24,7 +24,7 @@ from train.sequences import TokenSequence
 
 # ---------------------------------------------------------------------------------------------------------
 # loss: the objective per token, and the inputs that need a forward pass (reference logprobs for the KL
-#    and, optionally, recomputed old logprobs)
+# and, optionally, recomputed old logprobs)
 # ---------------------------------------------------------------------------------------------------------
 # The GRPO objective per token: PPO-clip policy loss, k3 KL to a frozen reference, entropy, clip fraction.
 #
@@ -151,8 +151,6 @@ def grpo_loss(
         ratio_min=ratio_min,
         tokens=int(mask.sum()),
     )
-
-
 
 
 @torch.no_grad()
@@ -285,7 +283,6 @@ def accumulate_gradients(model: Any, chunk: Sequence[TokenSequence], config: GRP
 def _balanced(model: Any, sequences: Sequence[TokenSequence], config: GRPOConfig, dist: Distributed) -> int:
     """How many forward passes every rank runs over ``sequences`` when ``model`` is FSDP2-sharded (0 = only its
     own micro-batches; replicated models need no padding)."""
-    from train.distributed import is_sharded
     from train.policy import shares_prefix
     from train.sequences import forward_batches
 

@@ -3,7 +3,7 @@
 Builds a run folder of N episodes (default 10,000: replay rollouts of the bundled dialogues, copied with new group
 indices and rewards spread over [0, 1]), writes its report, and opens it in headless Chromium (Debian's
 `chromium`, through Playwright): time until the page is ready (summary, first page of the list), then until an
-episode from the last chunk is shown. Prints one line per figure and, with --json, a JSON line.
+episode from the last chunk is shown. Prints one line per figure (or why the browser ones were skipped) and, with --json, a JSON line.
 
     .venv/bin/python benchmarks/perf/view_report.py [--episodes 10000] [--json]
 """

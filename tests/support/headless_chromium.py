@@ -12,7 +12,7 @@ from typing import Any
 
 FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",
          "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-quic"]
-MISSING = ("no Chromium: install Debian's `chromium` package (.ci/run does) or set CM2_CHROMIUM to its path")
+MISSING = "no Chromium: install Debian's `chromium` package (.ci/run does) or set CM2_CHROMIUM to its path"
 
 
 def chromium_path() -> str | None:
