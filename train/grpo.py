@@ -41,7 +41,7 @@ from train.rollout_engine import AgentFactory, rollout_factory, transformers_age
 from train.policy import (ReferencePolicy, add_lora, configure_torch, load_model, load_tokenizer, make_optimizer,
                           make_scheduler, model_device, use_bf16)
 from train.sequences import TokenSequence, episode_sequences, epoch_order
-from train.update import UpdateStats, fill_logprobs, logprob_gap, ppo_update
+from train.update import update_policy
 
 # ---------------------------------------------------------------------------------------------------------
 # 1. config: which dialogues a step uses (a seeded, epoch-wise shuffle; resumable from a position)
@@ -264,25 +264,12 @@ def build_policy(config: GRPOConfig) -> tuple[Any, Any, ReferencePolicy | None]:
     return policy, tokenizer, reference
 
 
-def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_steps: int | None = None,
-          on_step: Callable[[int, dict[str, Any]], None] | None = None, save_final: bool = True,
-          overwrite: bool = False, make_agent: AgentFactory | None = None) -> GRPOResult:
-    """Run (or resume) GRPO as configured. ``max_steps`` stops early after that many steps of this call (the
-    schedule still spans ``config.steps``: how an interrupted run is simulated). ``on_step(step, record)`` is
-    called after every step. An ``output_dir`` that holds an earlier run is refused unless the config resumes
-    it or ``overwrite`` replaces it (its metrics, checkpoints and final model are removed first).
-    ``make_agent`` builds each step's rollout policy from the current weights (:data:`AgentFactory`; default:
-    the one ``config.rollout_engine`` selects)."""
-    from cm2_env.data import load_dialogues
-    from train.checkpoint import (TrainerState, clear_run, load_checkpoint, previous_run, resolve_resume,
-                                  save_checkpoint)
+def _prepare_output(config: GRPOConfig, out: Path, overwrite: bool, dist: Any) -> None:
+    """Refuse an ``output_dir`` that holds an earlier run unless the config resumes it or ``overwrite`` clears it;
+    write the run's ``config.yaml`` (ending with what ``loss_aggregation: auto`` resolved to)."""
+    from train.checkpoint import clear_run, previous_run
     from train.config import ConfigError
-    from train.metrics import MetricsLogger, RolloutLog
 
-    started = time.perf_counter()
-    config.validate()
-    dist = init_distributed()
-    out = Path(config.output_dir)
     earlier = previous_run(out)
     if earlier and not config.resume:
         if not overwrite:
@@ -298,6 +285,26 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
             if config.loss_aggregation == "auto" else ""
         (out / "config.yaml").write_text(config.to_yaml() + note, encoding="utf-8")
     dist.barrier()
+
+
+def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_steps: int | None = None,
+          on_step: Callable[[int, dict[str, Any]], None] | None = None, save_final: bool = True,
+          overwrite: bool = False, make_agent: AgentFactory | None = None) -> GRPOResult:
+    """Run (or resume) GRPO as configured. ``max_steps`` stops early after that many steps of this call (the
+    schedule still spans ``config.steps``: how an interrupted run is simulated). ``on_step(step, record)`` is
+    called after every step. An ``output_dir`` that holds an earlier run is refused unless the config resumes
+    it or ``overwrite`` replaces it (its metrics, checkpoints and final model are removed first).
+    ``make_agent`` builds each step's rollout policy from the current weights (:data:`AgentFactory`; default:
+    the one ``config.rollout_engine`` selects)."""
+    from cm2_env.data import load_dialogues
+    from train.checkpoint import TrainerState, load_checkpoint, resolve_resume, save_checkpoint
+    from train.metrics import MetricsLogger, RolloutLog
+
+    started = time.perf_counter()
+    config.validate()
+    dist = init_distributed()
+    out = Path(config.output_dir)
+    _prepare_output(config, out, overwrite, dist)
     configure_torch(config)
     all_dialogues = dialogues if dialogues is not None else load_dialogues(config.dataset)
     dialogues = select_dialogues(all_dialogues, config)
@@ -341,19 +348,8 @@ def train(config: GRPOConfig, *, dialogues: Sequence[Any] | None = None, max_ste
                                        eos_token_id(tokenizer) if config.mask_truncated_completions else None)
         # --- loss inputs and update
         t1 = time.perf_counter()
-        stats, mismatch = UpdateStats(), None
-        if sequences:
-            if config.recompute_old_logprobs:
-                sampled = [list(s.old_logprobs) for s in sequences]
-                fill_logprobs(policy, sequences, "old_logprobs", config, pad_id, bf16, dist)
-                mismatch = logprob_gap(sequences, sampled)
-            if reference is not None:
-                t_reference = time.perf_counter()
-                with reference.model() as ref_model:
-                    fill_logprobs(ref_model, sequences, "ref_logprobs", config, pad_id, bf16, dist)
-                profile["reference_s"] = time.perf_counter() - t_reference
-            generator = torch.Generator().manual_seed(seed)
-            stats = ppo_update(policy, optimizer, scheduler, sequences, config, pad_id, bf16, generator, dist)
+        stats, mismatch = update_policy(policy, reference, optimizer, scheduler, sequences, config, pad_id, bf16,
+                                        seed, dist, profile)
         t_update = time.perf_counter() - t1
         # --- log
         failed_total += sum(e.failed for e in episodes)

@@ -10,6 +10,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass, field
 from typing import Any, Sequence
 
@@ -300,3 +301,26 @@ def _flat(sequences: Sequence[TokenSequence], attribute: str, device: torch.devi
     """A per-token attribute of the loss tokens, flat in the order :func:`selected_logprobs` uses."""
     return torch.tensor([v for s in sequences for j, (v, m) in enumerate(zip(getattr(s, attribute), s.loss_mask))
                          if m and j > 0], dtype=torch.float32, device=device)
+
+
+def update_policy(policy: Any, reference: Any, optimizer: Any, scheduler: Any, sequences: Sequence[TokenSequence],
+                  config: GRPOConfig, pad_id: int, bf16: bool, seed: int, dist: Distributed,
+                  profile: dict[str, float]) -> tuple[UpdateStats, dict[str, float] | None]:
+    """One step's update: the logprob passes the loss needs (recomputed old logprobs where configured, the frozen
+    reference's for the KL), then :func:`ppo_update` with mini-batches drawn from ``seed``. Returns the update's
+    statistics and the sampler/trainer logprob gap (None unless old logprobs were recomputed); adds
+    ``reference_s`` to ``profile``. No sequences: no update."""
+    stats, mismatch = UpdateStats(), None
+    if not sequences:
+        return stats, mismatch
+    if config.recompute_old_logprobs:
+        sampled = [list(s.old_logprobs) for s in sequences]
+        fill_logprobs(policy, sequences, "old_logprobs", config, pad_id, bf16, dist)
+        mismatch = logprob_gap(sequences, sampled)
+    if reference is not None:
+        t_reference = time.perf_counter()
+        with reference.model() as ref_model:
+            fill_logprobs(ref_model, sequences, "ref_logprobs", config, pad_id, bf16, dist)
+        profile["reference_s"] = time.perf_counter() - t_reference
+    generator = torch.Generator().manual_seed(seed)
+    return ppo_update(policy, optimizer, scheduler, sequences, config, pad_id, bf16, generator, dist), mismatch
