@@ -203,13 +203,15 @@ def band(members: list[dict[str, Any]], key: str = "validation") -> tuple[list[i
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """Per configuration (seeds pooled): validation reward before, best, last and last - best (a collapse shows
-    as a negative drop), and the training reward over the last quarter of the steps."""
+    """Per configuration (seeds pooled): validation reward before, best and last of the mean curve (the last with
+    its min-max over seeds), last - best of the mean curve and the mean of each seed's own last - best (a collapse
+    shows as a negative drop; a seed's own peak is higher than the mean curve's), and the training reward over the
+    last quarter of the steps."""
     groups: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
     for r in results.values():
         groups.setdefault((r["assignment"], r["group_size"], r["noise"]), []).append(r)
-    lines = ["| assignment | G | p | seeds | last step | val. before | val. best | val. last | last - best | "
-             "train reward (last 1/4) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| assignment | G | p | seeds | last step | val. before | val. best | val. last (min-max) | last - best | "
+             "per seed: last - best | train reward (last 1/4) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (assignment, g, p), members in sorted(groups.items()):
         steps, mean, _, _ = band(members)
         if not steps:
@@ -217,8 +219,12 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         train_steps = sorted(set.intersection(*(set(m["train"]) for m in members)))
         tail = train_steps[-max(1, len(train_steps) // 4):]
         train_tail = statistics.fmean(statistics.fmean(m["train"][s] for s in tail) for m in members) if tail else 0
+        lasts = [m["validation"][steps[-1]] for m in members]
+        own_drop = statistics.fmean(m["validation"][steps[-1]] - max(m["validation"][s] for s in steps)
+                                    for m in members)
         lines.append(f"| {assignment} | {g} | {p:g} | {len(members)} | {steps[-1]} | {mean[0]:.3f} | {max(mean):.3f} | "
-                     f"{mean[-1]:.3f} | {mean[-1] - max(mean):+.3f} | {train_tail:.3f} |")
+                     f"{mean[-1]:.3f} ({min(lasts):.3f}-{max(lasts):.3f}) | {mean[-1] - max(mean):+.3f} | "
+                     f"{own_drop:+.3f} | {train_tail:.3f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -282,8 +288,14 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[{done}/{len(runs)}] {status['run']}: {status['status']} ({status['seconds']} s)",
                   file=sys.stderr, flush=True)
     results = curves(out, runs, args.steps)
-    wall = round(time.perf_counter() - started, 1)
+    # a resumed study adds to what earlier invocations of this folder spent: wall_s is the folder's total
+    earlier = json.loads((out / "results.json").read_text()) if (out / "results.json").is_file() else {}
+    run_seconds = dict(earlier.get("run_seconds") or {s["run"]: s["seconds"] for s in earlier.get("statuses", [])})
+    for status in statuses:  # a run resumed by this invocation adds to what it took before
+        run_seconds[status["run"]] = round(run_seconds.get(status["run"], 0.0) + status["seconds"], 1)
+    wall = round(earlier.get("wall_s", 0.0) + time.perf_counter() - started, 1)
     (out / "results.json").write_text(json.dumps({"runs": results, "statuses": statuses, "wall_s": wall,
+                                                  "run_seconds": run_seconds,
                                                   "args": {k: str(v) for k, v in vars(args).items()},
                                                   "train_dialogues": train_ids,
                                                   "validation_dialogues": validation_ids}, indent=1))
@@ -293,7 +305,8 @@ def main(argv: list[str] | None = None) -> int:
     for status in failed:
         print(f"{status['run']}: {status['status']}", file=sys.stderr)
     print(table(results))
-    print(f"wall {wall} s; results in {out}/results.json, table.md, figure3.png", file=sys.stderr)
+    print(f"wall {wall} s (this folder, all invocations); results in {out}/results.json, table.md, figure3.png",
+          file=sys.stderr)
     return 1 if failed else 0
 
 
