@@ -20,7 +20,8 @@ What it runs (docs/studies/figure3.md):
 - Each run is ``cm2 train --config`` in its own process (``--workers`` at a time, one thread each), writing
   ``DIR/runs/<name>``. A finished run is skipped when the study is run again; an interrupted one resumes from
   its last checkpoint. Then ``DIR/results.json``, ``DIR/table.md`` and ``DIR/figure3.png`` (validation reward vs
-  step, one panel per factor, mean and min-max band over seeds) are written from the runs' metrics.
+  step, one panel per factor, mean and min-max band over seeds; and the second half's validation reward against
+  judge noise, a line per assignment) are written from the runs' metrics.
 
 ``--quick`` is a smoke test of the machinery (a micro model, 2 steps, a reduced grid): its numbers mean nothing.
 """
@@ -203,15 +204,16 @@ def band(members: list[dict[str, Any]], key: str = "validation") -> tuple[list[i
 
 
 def table(results: dict[str, dict[str, Any]]) -> str:
-    """Per configuration (seeds pooled): validation reward before, best and last of the mean curve (the last with
-    its min-max over seeds), last - best of the mean curve and the mean of each seed's own last - best (a collapse
+    """Per configuration (seeds pooled): validation reward before and best of the mean curve, over the second
+    half of training (:func:`late_reward`) and last (each with its min-max over seeds), last - best of the mean curve and the mean of each seed's own last - best (a collapse
     shows as a negative drop; a seed's own peak is higher than the mean curve's), and the training reward over the
     last quarter of the steps."""
     groups: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
     for r in results.values():
         groups.setdefault((r["assignment"], r["group_size"], r["noise"]), []).append(r)
-    lines = ["| assignment | G | p | seeds | last step | val. before | val. best | val. last (min-max) | last - best | "
-             "per seed: last - best | train reward (last 1/4) |", "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = ["| assignment | G | p | seeds | last step | val. before | val. best | val. 2nd half (min-max) | "
+             "val. last (min-max) | last - best | per seed: last - best | train reward (last 1/4) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for (assignment, g, p), members in sorted(groups.items()):
         steps, mean, _, _ = band(members)
         if not steps:
@@ -220,12 +222,44 @@ def table(results: dict[str, dict[str, Any]]) -> str:
         tail = train_steps[-max(1, len(train_steps) // 4):]
         train_tail = statistics.fmean(statistics.fmean(m["train"][s] for s in tail) for m in members) if tail else 0
         lasts = [m["validation"][steps[-1]] for m in members]
+        lates = [late_reward(m) for m in members]
         own_drop = statistics.fmean(m["validation"][steps[-1]] - max(m["validation"][s] for s in steps)
                                     for m in members)
         lines.append(f"| {assignment} | {g} | {p:g} | {len(members)} | {steps[-1]} | {mean[0]:.3f} | {max(mean):.3f} | "
+                     f"{statistics.fmean(lates):.3f} ({min(lates):.3f}-{max(lates):.3f}) | "
                      f"{mean[-1]:.3f} ({min(lasts):.3f}-{max(lasts):.3f}) | {mean[-1] - max(mean):+.3f} | "
                      f"{own_drop:+.3f} | {train_tail:.3f} |")
     return "\n".join(lines) + "\n"
+
+
+def late_reward(run: dict[str, Any]) -> float:
+    """A run's validation reward over the second half of training (its steps past the middle): what a
+    collapse lowers, less noisy than the last point alone."""
+    steps = sorted(run["validation"], key=int)
+    last = int(steps[-1])
+    late = [run["validation"][s] for s in steps if int(s) > last / 2] or [run["validation"][steps[-1]]]
+    return statistics.fmean(late)
+
+
+def late_panel(ax: Any, results: dict[str, dict[str, Any]], noise_g: int, colours: dict[str, str]) -> None:
+    """The noise hypothesis in one panel: late validation reward against judge noise p at G = ``noise_g``, a line
+    per assignment, mean over seeds with min-max bars. If noise drives the collapse, finer lines fall faster."""
+    by: dict[str, dict[float, list[float]]] = {}
+    for run in results.values():
+        if run["group_size"] == noise_g:
+            by.setdefault(run["assignment"], {}).setdefault(run["noise"], []).append(late_reward(run))
+    for assignment, points in sorted(by.items()):
+        ps = sorted(points)
+        means = [statistics.fmean(points[p]) for p in ps]
+        ax.errorbar(ps, means, yerr=[[m - min(points[p]) for p, m in zip(ps, means)],
+                                     [max(points[p]) - m for p, m in zip(ps, means)]],
+                    marker="o", markersize=4, capsize=3, color=colours.get(assignment),
+                    label=f"{assignment} (n={len(points[ps[0]])})")
+    ax.set_title(f"late validation vs judge noise (G {noise_g})", fontsize=10)
+    ax.set_xlabel("judge noise p (verdict flip probability)")
+    ax.set_ylabel("validation reward, 2nd half of training")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7)
 
 
 def plot(results: dict[str, dict[str, Any]], path: Path, quick: bool) -> None:
@@ -235,18 +269,28 @@ def plot(results: dict[str, dict[str, Any]], path: Path, quick: bool) -> None:
     import matplotlib.pyplot as plt
 
     chosen = panels(results, quick)
-    fig, axes = plt.subplots(1, len(chosen), figsize=(5 * len(chosen), 3.6), squeeze=False)
-    for ax, (title, lines) in zip(axes[0], chosen):
+    fig, grid_axes = plt.subplots(2, 2, figsize=(11, 7.6), squeeze=False)
+    axes = list(grid_axes.flat)
+    colours = {a: f"C{i}" for i, a in enumerate(ASSIGNMENTS)}
+    for ax, (title, lines) in zip(axes, chosen):
         for label, members in sorted(lines.items()):
             steps, mean, low, high = band(members)
-            if steps:
-                ax.plot(steps, mean, marker="o", markersize=3, label=f"{label} (n={len(members)})")
+            if not steps:
+                continue
+            style: dict[str, Any] = {"color": colours[label]} if label in colours else {}
+            if title.startswith("judge noise"):  # colour: assignment; line: p (solid 0, dashed, dotted)
+                p = members[0]["noise"]
+                style = {"color": colours.get(members[0]["assignment"]),
+                         "linestyle": "-" if p == 0 else "--" if p < max(NOISE) else ":"}
+            ax.plot(steps, mean, marker="o", markersize=3, label=f"{label} (n={len(members)})", **style)
+            if not title.startswith("judge noise"):  # nine bands in one panel would hide the lines
                 ax.fill_between(steps, low, high, alpha=0.15)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("GRPO step")
         ax.set_ylabel("validation reward (held-out)")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=7)
+    late_panel(axes[len(chosen)], results, 2 if quick else NOISE_G, colours)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)
