@@ -162,11 +162,12 @@ def _shuffled_words(rng: random.Random, texts: list[str], limit: int = 40) -> st
     return " ".join(rng.sample(pool, min(limit, len(pool))))
 
 
-@pytest.mark.xfail(strict=True, raises=AssertionError, reason="known hole (docs/judges.md): the rule judge reads values and words, not "
-                                       "word order, so the user's or the tool outputs' words shuffled into a "
-                                       "reply pass a quarter to a third of reply items; a hybrid or LLM judge "
-                                       "is needed where a policy could learn that. Strict: when the rules learn "
-                                       "word order this test passes, and the docs must change with it")
+@pytest.mark.xfail(strict=True, raises=AssertionError,
+                   reason="known hole (docs/judges.md): the rule judge reads values and words, not "
+                          "word order, so the user's or the tool outputs' words shuffled into a "
+                          "reply pass a quarter to a third of reply items; a hybrid or LLM judge "
+                          "is needed where a policy could learn that. Strict: when the rules learn "
+                          "word order this test passes, and the docs must change with it")
 @pytest.mark.parametrize("source", ["user", "tool-outputs"])
 def test_shuffled_words_of_the_conversation_pass_at_most_5_percent_of_reply_items(source):
     passed, asked = _pass_rate(lambda rng, reply, user, outputs: _shuffled_words(

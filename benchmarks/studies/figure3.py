@@ -205,9 +205,9 @@ def band(members: list[dict[str, Any]], key: str = "validation") -> tuple[list[i
 
 def table(results: dict[str, dict[str, Any]]) -> str:
     """Per configuration (seeds pooled): validation reward before and best of the mean curve, over the second
-    half of training (:func:`late_reward`) and last (each with its min-max over seeds), last - best of the mean curve and the mean of each seed's own last - best (a collapse
-    shows as a negative drop; a seed's own peak is higher than the mean curve's), and the training reward over the
-    last quarter of the steps."""
+    half of training (:func:`late_reward`) and last (each with its min-max over seeds), last - best of the mean
+    curve and the mean of each seed's own last - best (a collapse shows as a negative drop; a seed's own peak is
+    higher than the mean curve's), and the training reward over the last quarter of the steps."""
     groups: dict[tuple[str, int, float], list[dict[str, Any]]] = {}
     for r in results.values():
         groups.setdefault((r["assignment"], r["group_size"], r["noise"]), []).append(r)
@@ -273,17 +273,18 @@ def plot(results: dict[str, dict[str, Any]], path: Path, quick: bool) -> None:
     axes = list(grid_axes.flat)
     colours = {a: f"C{i}" for i, a in enumerate(ASSIGNMENTS)}
     for ax, (title, lines) in zip(axes, chosen):
+        noise_panel = title.startswith("judge noise")
         for label, members in sorted(lines.items()):
             steps, mean, low, high = band(members)
             if not steps:
                 continue
             style: dict[str, Any] = {"color": colours[label]} if label in colours else {}
-            if title.startswith("judge noise"):  # colour: assignment; line: p (solid 0, dashed, dotted)
+            if noise_panel:  # colour: assignment; line: p (solid 0, dashed, dotted)
                 p = members[0]["noise"]
                 style = {"color": colours.get(members[0]["assignment"]),
                          "linestyle": "-" if p == 0 else "--" if p < max(NOISE) else ":"}
             ax.plot(steps, mean, marker="o", markersize=3, label=f"{label} (n={len(members)})", **style)
-            if not title.startswith("judge noise"):  # nine bands in one panel would hide the lines
+            if not noise_panel:  # nine bands in one panel would hide the lines
                 ax.fill_between(steps, low, high, alpha=0.15)
         ax.set_title(title, fontsize=10)
         ax.set_xlabel("GRPO step")
